@@ -1,0 +1,216 @@
+"""State files on disk: atomic, private, locked across processes.
+
+Every write goes to a temporary file in the same folder (created 0600 by
+``mkstemp``, so no other user can read it at any moment), is fsynced, and replaces
+the target with ``os.replace``: a reader, or a process killed mid-write, sees the
+old file or the new one, never half of one. A read-modify-write holds a lock file
+(``<name>.lock``, an OS lock that dies with its process, so there are no stale
+locks) and re-reads under it, so two processes editing at once lose nothing.
+
+A corrupt file is handled by the caller's policy: the accounts file is never
+overwritten (``CorruptStateError`` names it and leaves it byte-for-byte as it was);
+the tracker-state file is moved aside and started afresh with a warning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import stat
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Literal
+
+import filelock
+from pydantic import BaseModel, ValidationError
+
+from qwen_oauth_mitm.accounts import AccountsFile
+from qwen_oauth_mitm.errors import CorruptStateError, StoreError
+
+log = logging.getLogger(__name__)
+
+CorruptPolicy = Literal["raise", "quarantine"]
+DEFAULT_LOCK_TIMEOUT = 10.0
+
+
+def ensure_private_dir(folder: Path) -> None:
+    """Create ``folder`` (0700) if missing; an existing folder is left as it is."""
+    if not folder.is_dir():
+        folder.mkdir(parents=True, mode=0o700, exist_ok=True)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically; the file is 0600 from its first byte.
+
+    On failure (disk full, read-only folder) the old file is untouched, the
+    temporary file removed, and a :class:`StoreError` raised.
+    """
+    try:
+        ensure_private_dir(path.parent)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
+        )
+    except OSError as e:
+        raise StoreError(f"cannot write {path}: {e.strerror or e}", path=path) from e
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise StoreError(f"cannot write {path}: {e.strerror or e}", path=path) from e
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Makes the rename itself durable; directories cannot be opened on Windows.
+    if os.name != "posix":
+        return
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def tighten_permissions(path: Path) -> bool:
+    """Make ``path`` 0600 if group or others can access it; True when changed."""
+    if os.name != "posix":
+        return False
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            os.chmod(path, 0o600)
+            log.warning(
+                "%s was readable by others (mode %o); set it to 0600", path, mode
+            )
+            return True
+    except OSError as e:
+        log.warning("cannot check the permissions of %s: %s", path, e.strerror)
+    return False
+
+
+class JsonStateFile[M: BaseModel]:
+    """One JSON state file holding a pydantic model ``M``."""
+
+    def __init__(
+        self,
+        path: Path,
+        model: type[M],
+        *,
+        default: Callable[[], M],
+        on_corrupt: CorruptPolicy,
+        lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    ) -> None:
+        self.path = path
+        self._model = model
+        self._default = default
+        self._on_corrupt = on_corrupt
+        self._lock = filelock.FileLock(
+            str(path) + ".lock", timeout=lock_timeout, thread_local=False
+        )
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the cross-process lock (re-entrant within this object)."""
+        try:
+            ensure_private_dir(self.path.parent)
+            with self._lock:
+                yield
+        except filelock.Timeout as e:
+            raise StoreError(
+                f"{self.path} is locked by another process (waited "
+                f"{self._lock.timeout:g} s)",
+                path=self.path,
+            ) from e
+
+    def read(self) -> M:
+        """The current content; the default when the file does not exist yet."""
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return self._default()
+        except OSError as e:
+            raise StoreError(
+                f"cannot read {self.path}: {e.strerror}", path=self.path
+            ) from e
+        tighten_permissions(self.path)
+        try:
+            return self._model.model_validate_json(raw)
+        except ValidationError as e:
+            return self._corrupt(_describe(e))
+
+    def write(self, value: M) -> None:
+        with self.locked():
+            atomic_write(self.path, _dump(value))
+
+    def update(self, change: Callable[[M], M]) -> M:
+        """Read, change and write under the lock; returns what was written."""
+        with self.locked():
+            new = change(self.read())
+            atomic_write(self.path, _dump(new))
+            return new
+
+    def signature(self) -> tuple[int, int] | None:
+        """(mtime_ns, size) of the file, to notice that another process changed it."""
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size)
+
+    def _corrupt(self, why: str) -> M:
+        if self._on_corrupt == "raise":
+            raise CorruptStateError(
+                f"{self.path} is not a valid state file ({why}). It was left as it "
+                "is: fix it, or move it away and log in again.",
+                path=self.path,
+            )
+        aside = self.path.with_name(
+            f"{self.path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}"
+        )
+        try:
+            os.replace(self.path, aside)
+        except OSError as e:
+            log.warning("%s is corrupt (%s) and cannot be moved: %s", self.path, why, e)
+        else:
+            log.warning(
+                "%s was corrupt (%s); kept it as %s and started afresh",
+                self.path,
+                why,
+                aside.name,
+            )
+        return self._default()
+
+
+def accounts_file(
+    path: Path, *, lock_timeout: float = DEFAULT_LOCK_TIMEOUT
+) -> JsonStateFile[AccountsFile]:
+    """The accounts file: a corrupt one is an error and is never overwritten."""
+    return JsonStateFile(
+        path,
+        AccountsFile,
+        default=AccountsFile,
+        on_corrupt="raise",
+        lock_timeout=lock_timeout,
+    )
+
+
+def _dump(value: BaseModel) -> bytes:
+    # AccountsFile reveals its secrets only through to_json; others dump plainly.
+    if isinstance(value, AccountsFile):
+        return value.to_json()
+    return value.model_dump_json(indent=2).encode() + b"\n"
+
+
+def _describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "top level"
+    return f"{first['msg']} at {where}"
