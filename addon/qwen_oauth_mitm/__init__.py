@@ -1,4 +1,4 @@
-"""qwen-oauth-mitm: use the Qwen portal from Responses API clients through your own accounts.
+"""qwen-oauth-mitm: Responses API clients on the Qwen portal, through your accounts.
 
 Layers, imported one way only (pure core <- shell):
 
