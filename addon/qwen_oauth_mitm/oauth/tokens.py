@@ -1,0 +1,384 @@
+"""Token lifecycle: hand out a valid access token, refreshing it when due.
+
+One :class:`TokenManager` per process (the addon's, or the CLI's). Rules:
+
+- ``expires_at`` is absolute; a token within ``refresh_window_seconds`` of it is
+  *expiring* and is refreshed before use.
+- **Single-flight in the process**: concurrent demands for one account share one
+  refresh task (50 callers -> one HTTP refresh). The task is shielded, so a caller
+  that gives up does not cancel the refresh for the others.
+- **Guarded across processes**: the refresh runs holding the accounts file's lock
+  (``<file>.lock``, taken without blocking the event loop) and re-reads the file
+  after taking it; when another process has refreshed meanwhile, its token is used
+  and no request is made. (Two refreshes of one refresh token can kill it.)
+- The new tokens, including a rotated refresh token, are written to the file
+  before the new access token is handed to anyone.
+- A refresh answered 400/401 marks the account ``needs_relogin`` (with the reason),
+  logs the account and the command to run, and raises :class:`NeedsRelogin`; other
+  accounts are untouched. Network errors, timeouts and 5xx are transient: nothing
+  is marked; a still-valid token keeps being used, and the refresh is retried after
+  a short back-off.
+
+Refreshes of different accounts in one process run one at a time: each holds the
+file lock while waiting for the server, as Qwen Code does (refreshes are rare).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+
+import filelock
+from pydantic import SecretStr
+
+from qwen_oauth_mitm import redact
+from qwen_oauth_mitm.accounts import Account, AccountsFile
+from qwen_oauth_mitm.errors import AuthError, QwenError, StoreError
+from qwen_oauth_mitm.oauth.client import OAuthClient
+from qwen_oauth_mitm.oauth.errors import NeedsRelogin, relogin_command
+from qwen_oauth_mitm.oauth.protocol import TokenSet
+from qwen_oauth_mitm.store import JsonStateFile, atomic_write, ensure_private_dir
+from qwen_oauth_mitm.tasks import spawn
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+DEFAULT_TRANSIENT_BACKOFF = 30.0
+"""Seconds before a failed (transient) refresh is tried again while the token works."""
+
+
+class UnknownAccount(QwenError):
+    """No account has this id (it was removed)."""
+
+
+def register_secrets(accounts: AccountsFile) -> None:
+    """Register every token in ``accounts`` with the redaction registry."""
+    for a in accounts.accounts:
+        redact.register(a.access_token, a.refresh_token)
+
+
+def apply_tokens(account: Account, tokens: TokenSet, now: float) -> Account:
+    """``account`` with the new tokens; the old refresh token is kept if none came."""
+    return account.model_copy(
+        update={
+            "access_token": SecretStr(tokens.access_token),
+            "refresh_token": SecretStr(tokens.refresh_token)
+            if tokens.refresh_token
+            else account.refresh_token,
+            "expires_at": tokens.expires_at(now),
+            "resource_url": tokens.resource_url or account.resource_url,
+            "identity": tokens.identity or account.identity,
+            "needs_relogin": False,
+            "relogin_reason": None,
+            "updated_at": now,
+        }
+    )
+
+
+def mark_needs_relogin(account: Account, reason: str, now: float) -> Account:
+    return account.model_copy(
+        update={"needs_relogin": True, "relogin_reason": reason, "updated_at": now}
+    )
+
+
+def _same(a: str | None, b: str | None) -> bool:
+    return a is not None and b is not None and secrets.compare_digest(a, b)
+
+
+def _secret(account: Account, field: str) -> str | None:
+    value = getattr(account, field)
+    return None if value is None else str(value.get_secret_value())
+
+
+class TokenManager:
+    """Fresh access tokens for the accounts in one accounts file."""
+
+    def __init__(
+        self,
+        store: JsonStateFile[AccountsFile],
+        client: OAuthClient,
+        *,
+        refresh_window_seconds: float = 300.0,
+        clock: Clock = time.time,
+        lock_timeout: float = 60.0,
+        transient_backoff: float = DEFAULT_TRANSIENT_BACKOFF,
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.refresh_window_seconds = refresh_window_seconds
+        self.clock = clock
+        self.transient_backoff = transient_backoff
+        self._lock_path = str(store.path) + ".lock"
+        self._lock_timeout = lock_timeout
+        self._cache: AccountsFile | None = None
+        self._signature: tuple[int, int] | None = None
+        self._inflight: dict[str, asyncio.Task[Account]] = {}
+        self._mutex: asyncio.Lock | None = None
+        self._retry_after: dict[str, float] = {}
+        self.refreshes = 0
+        """HTTP refreshes this manager made (for tests and status)."""
+
+    # --- reading ----------------------------------------------------------------
+
+    async def accounts(self) -> AccountsFile:
+        """The accounts, re-read only when the file changed since the last read."""
+        signature = self.store.signature()
+        if self._cache is None or signature != self._signature:
+            self._remember(await asyncio.to_thread(self.store.read), signature)
+        assert self._cache is not None
+        return self._cache
+
+    def _remember(
+        self, accounts: AccountsFile, signature: tuple[int, int] | None = None
+    ) -> None:
+        register_secrets(accounts)
+        self._cache = accounts
+        self._signature = self.store.signature() if signature is None else signature
+
+    async def account(self, account_id: str) -> Account:
+        found = (await self.accounts()).get(account_id)
+        if found is None:
+            raise UnknownAccount(f"no account with id {account_id!r}")
+        return found
+
+    # --- the public operations --------------------------------------------------
+
+    async def access_token(self, account_id: str) -> str:
+        """A usable access token (or API key) for the account."""
+        account = await self.ensure_fresh(account_id)
+        token = _secret(account, "access_token")
+        if token is None:  # only a broken file gets here
+            raise AuthError(f"account {account.label!r} has no access token")
+        return token
+
+    async def ensure_fresh(self, account_id: str, *, force: bool = False) -> Account:
+        """The account with a token that is not expiring; refreshes when needed.
+
+        ``force`` refreshes even a fresh token (the ``refresh`` command). Raises
+        :class:`NeedsRelogin` for an account whose refresh token is dead.
+        """
+        return await self._ensure(account_id, force=force, rejected=None)
+
+    async def after_unauthorized(self, account_id: str, rejected_token: str) -> Account:
+        """The upstream refused ``rejected_token`` (401): refresh, unless done already.
+
+        Many requests failing with the same token cause a single refresh; one that
+        arrives after the token was renewed gets the new token without a refresh.
+        """
+        return await self._ensure(account_id, force=False, rejected=rejected_token)
+
+    async def refresh(self, account_id: str) -> Account:
+        """Refresh now (for the ``refresh`` command)."""
+        return await self.ensure_fresh(account_id, force=True)
+
+    # --- machinery --------------------------------------------------------------
+
+    def _wants_refresh(
+        self, account: Account, now: float, *, force: bool, rejected: str | None
+    ) -> bool:
+        if account.kind != "oauth":
+            return False
+        if force:
+            return True
+        if rejected is not None:
+            current = _secret(account, "access_token")
+            return current is None or _same(current, rejected)
+        return account.is_expiring(now, self.refresh_window_seconds)
+
+    @staticmethod
+    def _still_valid(account: Account, now: float) -> bool:
+        return account.access_token is not None and (
+            account.expires_at is None or now < account.expires_at
+        )
+
+    def _check_usable(self, account: Account) -> None:
+        if account.needs_relogin:
+            raise _relogin_error(account, account.relogin_reason or "refresh refused")
+
+    async def _ensure(
+        self, account_id: str, *, force: bool, rejected: str | None
+    ) -> Account:
+        account = await self.account(account_id)
+        now = self.clock()
+        if account.kind != "oauth":
+            return account
+        self._check_usable(account)
+        if not self._wants_refresh(account, now, force=force, rejected=rejected):
+            return account
+        if (
+            not force
+            and rejected is None
+            and now < self._retry_after.get(account_id, 0.0)
+            and self._still_valid(account, now)
+        ):
+            return account  # a refresh just failed transiently; the token still works
+        task = self._inflight.get(account_id)
+        if task is None:
+            task = spawn(
+                self._refresh_guarded(account_id, force=force, rejected=rejected),
+                name=f"refresh {account_id}",
+            )
+            self._inflight[account_id] = task
+            task.add_done_callback(lambda t: self._forget(account_id, t))
+        return await asyncio.shield(task)
+
+    def _forget(self, account_id: str, task: asyncio.Task[Account]) -> None:
+        if self._inflight.get(account_id) is task:
+            del self._inflight[account_id]
+        if not task.cancelled():
+            task.exception()  # retrieved: no "never retrieved" noise if all gave up
+
+    @contextlib.asynccontextmanager
+    async def _file_lock(self) -> AsyncIterator[None]:
+        if self._mutex is None:
+            self._mutex = asyncio.Lock()
+        async with self._mutex:
+            await asyncio.to_thread(ensure_private_dir, self.store.path.parent)
+            lock = filelock.AsyncFileLock(self._lock_path, timeout=self._lock_timeout)
+            try:
+                await lock.acquire()
+            except filelock.Timeout:
+                raise StoreError(
+                    f"{self.store.path} is locked by another process (waited "
+                    f"{self._lock_timeout:g} s)",
+                    path=self.store.path,
+                ) from None
+            try:
+                yield
+            finally:
+                await lock.release()
+
+    async def _refresh_guarded(
+        self, account_id: str, *, force: bool, rejected: str | None
+    ) -> Account:
+        try:
+            async with self._file_lock():
+                # Re-read under the lock: another process may have refreshed already.
+                current = await asyncio.to_thread(self.store.read)
+                self._remember(current)
+                account = current.get(account_id)
+                if account is None:
+                    raise UnknownAccount(f"no account with id {account_id!r}")
+                self._check_usable(account)
+                if not self._wants_refresh(
+                    account, self.clock(), force=force, rejected=rejected
+                ):
+                    log.debug(
+                        "account %s was refreshed by another process", account.label
+                    )
+                    return account
+                return await self._refresh_locked(account)
+        except (NeedsRelogin, UnknownAccount):
+            raise
+        except QwenError as e:
+            return self._after_transient(account_id, e, force=force, rejected=rejected)
+
+    async def _refresh_locked(self, account: Account) -> Account:
+        """Refresh ``account``; the caller holds the file lock."""
+        refresh_token = _secret(account, "refresh_token")
+        if refresh_token is None:
+            reason = "no refresh token stored"
+            await self._write(
+                lambda f: f.edit(
+                    account.id, lambda a: mark_needs_relogin(a, reason, self.clock())
+                )
+            )
+            raise self._log_relogin(account, reason)
+        self.refreshes += 1
+        try:
+            tokens = await self.client.refresh(refresh_token)
+        except NeedsRelogin as e:
+            reason = redact.redact(e.reason or str(e))
+            await self._write(
+                lambda f: f.edit(
+                    account.id, lambda a: mark_needs_relogin(a, reason, self.clock())
+                )
+            )
+            raise self._log_relogin(account, reason) from None
+        now = self.clock()
+        # Persist first: a rotated refresh token must survive a crash right after.
+        written = await self._write(
+            lambda f: f.edit(account.id, lambda a: apply_tokens(a, tokens, now))
+        )
+        self._retry_after.pop(account.id, None)
+        fresh = written.get(account.id)
+        if fresh is None:  # removed while we were refreshing
+            raise UnknownAccount(f"account {account.label!r} was removed")
+        log.info(
+            "refreshed the token of account %s (%s); valid for %s",
+            fresh.label,
+            fresh.id,
+            _duration(fresh.expires_at - now if fresh.expires_at else None),
+        )
+        return fresh
+
+    async def _write(
+        self, change: Callable[[AccountsFile], AccountsFile]
+    ) -> AccountsFile:
+        """Read, change and write the file; the caller holds the file lock."""
+
+        def work() -> AccountsFile:
+            new = change(self.store.read())
+            atomic_write(self.store.path, new.to_json())
+            return new
+
+        written = await asyncio.to_thread(work)
+        self._remember(written)
+        return written
+
+    def _log_relogin(self, account: Account, reason: str) -> NeedsRelogin:
+        log.warning(
+            "account %s (%s) needs a new login: the refresh token was refused (%s). "
+            "It is left out of rotation; run: %s",
+            account.label,
+            account.id,
+            reason,
+            relogin_command(account.label),
+        )
+        return _relogin_error(account, reason)
+
+    def _after_transient(
+        self, account_id: str, error: QwenError, *, force: bool, rejected: str | None
+    ) -> Account:
+        self._retry_after[account_id] = self.clock() + self.transient_backoff
+        account = self._cache.get(account_id) if self._cache else None
+        usable = (
+            account is not None
+            and not force
+            and rejected is None
+            and self._still_valid(account, self.clock())
+        )
+        label = account.label if account else account_id
+        log.warning(
+            "could not refresh the token of account %s: %s%s",
+            label,
+            redact.redact(str(error)),
+            "; the current token still works, retrying later" if usable else "",
+        )
+        if usable:
+            assert account is not None
+            return account
+        raise error
+
+
+def _relogin_error(account: Account, reason: str) -> NeedsRelogin:
+    return NeedsRelogin(
+        f"account {account.label!r} needs a new login ({reason}); run: "
+        f"{relogin_command(account.label)}",
+        account_id=account.id,
+        label=account.label,
+        reason=reason,
+    )
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "no expiry"
+    seconds = max(0, int(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
