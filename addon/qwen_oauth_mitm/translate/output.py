@@ -1,0 +1,142 @@
+"""Building blocks of a Responses ``response`` object, shared by both translators.
+
+Every shape here carries the fields both real clients insist on (design note
+responses-api.md §3-4): ``annotations`` on ``output_text``, ``summary`` on reasoning,
+``status`` on function calls, numeric usage with its two detail objects.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from qwen_oauth_mitm.translate.request import TranslatedRequest
+
+__all__ = [
+    "REASONING_MARKER",
+    "Status",
+    "function_call_item",
+    "incomplete_reason",
+    "message_item",
+    "output_text_part",
+    "reasoning_item",
+    "response_object",
+    "translate_usage",
+]
+
+type Status = Literal["in_progress", "completed", "incomplete", "failed"]
+
+REASONING_MARKER = "qwen-oauth-mitm:reasoning-in-summary"
+"""``encrypted_content`` of our reasoning items.
+
+The AI SDK replays a reasoning item next turn only when it carries encrypted content
+(and OpenCode keeps it), so this marker makes Qwen's reasoning come back to us, in
+``summary``, where the request translator turns it into ``reasoning_content``.
+"""
+
+
+def message_item(item_id: str, text: str, status: str) -> dict[str, Any]:
+    return {
+        "id": item_id,
+        "type": "message",
+        "role": "assistant",
+        "status": status,
+        "content": [output_text_part(text)],
+    }
+
+
+def output_text_part(text: str) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def reasoning_item(item_id: str, text: str | None) -> dict[str, Any]:
+    """A reasoning item; ``text=None`` gives the empty form of ``output_item.added``."""
+    summary = [] if text is None else [{"type": "summary_text", "text": text}]
+    return {
+        "id": item_id,
+        "type": "reasoning",
+        "summary": summary,
+        "encrypted_content": REASONING_MARKER,
+    }
+
+
+def function_call_item(
+    item_id: str, call_id: str, name: str, arguments: str, status: str
+) -> dict[str, Any]:
+    return {
+        "id": item_id,
+        "type": "function_call",
+        "status": status,
+        "arguments": arguments,
+        "call_id": call_id,
+        "name": name,
+    }
+
+
+def _count(value: object) -> int:
+    # Upstream numbers are trusted only when they are plain non-negative integers.
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, float) and value.is_integer() and value >= 0:
+        return int(value)
+    return 0
+
+
+def _details(usage: dict[str, Any], key: str) -> dict[str, Any]:
+    value = usage.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def translate_usage(usage: object) -> dict[str, Any]:
+    """Chat ``usage`` → Responses usage; all zeros when absent or malformed."""
+    raw = usage if isinstance(usage, dict) else {}
+    prompt = _details(raw, "prompt_tokens_details")
+    completion = _details(raw, "completion_tokens_details")
+    input_tokens = _count(raw.get("prompt_tokens"))
+    output_tokens = _count(raw.get("completion_tokens"))
+    return {
+        "input_tokens": input_tokens,
+        "input_tokens_details": {
+            "cached_tokens": _count(prompt.get("cached_tokens")),
+            "cache_write_tokens": _count(prompt.get("cache_creation_input_tokens")),
+        },
+        "output_tokens": output_tokens,
+        "output_tokens_details": {
+            "reasoning_tokens": _count(completion.get("reasoning_tokens")),
+        },
+        "total_tokens": _count(raw.get("total_tokens")) or input_tokens + output_tokens,
+    }
+
+
+def response_object(
+    request: TranslatedRequest,
+    *,
+    response_id: str,
+    created_at: int,
+    status: Status,
+    output: list[dict[str, Any]],
+    usage: dict[str, Any] | None,
+    error: dict[str, Any] | None = None,
+    incomplete_reason: str | None = None,
+) -> dict[str, Any]:
+    """The ``response`` object, with the request's echo fields."""
+    incomplete = None if incomplete_reason is None else {"reason": incomplete_reason}
+    return {
+        "id": response_id,
+        "object": "response",
+        "created_at": created_at,
+        "status": status,
+        "error": error,
+        "incomplete_details": incomplete,
+        **request.echo,
+        "output": output,
+        "usage": usage,
+    }
+
+
+def incomplete_reason(finish_reason: str | None) -> str | None:
+    """Chat ``finish_reason`` → Responses ``incomplete_details.reason`` (or None)."""
+    if finish_reason == "length":
+        return "max_output_tokens"
+    if finish_reason == "content_filter":
+        return "content_filter"
+    return None
