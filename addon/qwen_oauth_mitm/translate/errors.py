@@ -78,7 +78,8 @@ def upstream_error_fields(status: int, parsed: object) -> dict[str, Any]:
     if isinstance(inner, str):
         inner = {"message": inner}
     fields = inner if isinstance(inner, dict) else {}
-    message = _text(fields.get("message")) or (
+    raw_message = fields.get("message")
+    message = (raw_message if isinstance(raw_message, str) else "") or (
         f"upstream answered HTTP {status}"
         + ("" if isinstance(parsed, dict) else " with a body that is not JSON")
     )

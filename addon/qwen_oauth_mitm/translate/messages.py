@@ -71,7 +71,8 @@ class _Builder:
         if kind != "function_call_output":
             self._flush_tool_media()
         if kind == "message" or (kind is None and "role" in item):
-            self._message(item, param)
+            if self._message(item, param):
+                return  # a system message keeps the leading run going
         elif kind == "function_call":
             self._function_call(item, param)
         elif kind == "function_call_output":
@@ -108,22 +109,24 @@ class _Builder:
         }
         return [system, *self.messages]
 
-    def _message(self, item: dict[str, Any], param: str) -> None:
+    def _message(self, item: dict[str, Any], param: str) -> bool:
+        """Add a role message; True if it was a system/developer message."""
         role = as_str(item.get("role"), f"{param}.role")
         if role not in _ROLES:
             fail(f"Invalid value for '{param}.role': {role!r}.", f"{param}.role")
         content = item.get("content")
         if role in ("system", "developer"):
             self._system(_text_only(content, f"{param}.content", "\n\n"))
-            return
+            return True
         if role == "user":
             self._append({"role": "user", "content": _user_content(content, param)})
-            return
+            return False
         text = _text_only(content, f"{param}.content", "")
         message: Message = {"role": "assistant", "content": text}
         self._take_reasoning(message)
         self._append(message)
         self._assistant_open = True
+        return False
 
     def _system(self, text: str) -> None:
         if self._leading:

@@ -159,7 +159,7 @@ def _reject_unsupported(body: dict[str, Any]) -> None:
                 key,
             )
     if opt_bool(body.get("background"), "background"):
-        unsupported("Background responses are not supported.", "background")
+        unsupported("'background' responses are not supported here.", "background")
 
 
 def _sampling(body: dict[str, Any], max_tokens_limit: int) -> dict[str, Any]:
