@@ -1,0 +1,398 @@
+"""The token lifecycle: when to refresh, single flight, cross-process, re-login."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import filelock
+import pytest
+from pydantic import SecretStr
+
+from qwen_oauth_mitm.accounts import Account, AccountsFile
+from qwen_oauth_mitm.errors import StoreError
+from qwen_oauth_mitm.oauth import tokens as tokens_mod
+from qwen_oauth_mitm.oauth.client import OAuthClient
+from qwen_oauth_mitm.oauth.errors import NeedsRelogin, TransientAuthError
+from qwen_oauth_mitm.oauth.fake_server import FakeQwenOAuth
+from qwen_oauth_mitm.oauth.tokens import TokenManager, UnknownAccount
+from qwen_oauth_mitm.store import JsonStateFile
+
+from .oauth_helpers import oauth_account
+
+Store = JsonStateFile[AccountsFile]
+WINDOW = 300.0
+
+
+@pytest.fixture
+async def client(fake: FakeQwenOAuth) -> AsyncIterator[OAuthClient]:
+    async with OAuthClient(fake.url, fake.client_id) as c:
+        yield c
+
+
+def seed(store: Store, fake: FakeQwenOAuth, *specs: tuple[str, float]) -> list[Account]:
+    """Accounts ``label`` expiring at ``now + offset`` with live tokens at the fake."""
+    now = time.time()
+    accounts = [
+        oauth_account(fake.issue_tokens(), label=label, expires_at=now + offset)
+        for label, offset in specs
+    ]
+    store.write(AccountsFile(accounts=tuple(accounts)))
+    return accounts
+
+
+def manager(store: Store, client: OAuthClient, **kw: float) -> TokenManager:
+    return TokenManager(store, client, refresh_window_seconds=WINDOW, **kw)
+
+
+def secret(account: Account, field: str) -> str:
+    value = getattr(account, field)
+    assert isinstance(value, SecretStr)
+    return value.get_secret_value()
+
+
+async def test_a_fresh_token_is_used_as_is(
+    store: Store, fake: FakeQwenOAuth, client: OAuthClient
+) -> None:
+    (acct,) = seed(store, fake, ("a", 3600))
+    token = await manager(store, client).access_token(acct.id)
+    assert token == secret(acct, "access_token")
+    assert fake.counts["refresh"] == 0
+
+
+async def test_an_expiring_token_is_refreshed_and_persisted_first(
+    store: Store, fake: FakeQwenOAuth, client: OAuthClient
+) -> None:
+    (acct,) = seed(store, fake, ("a", WINDOW - 1))
+    mgr = manager(store, client)
+    token = await mgr.access_token(acct.id)
+    assert fake.counts["refresh"] == 1
+    assert token != secret(acct, "access_token")
+    assert fake.is_valid_access_token(token)
+    on_disk = store.read().accounts[0]
+    assert secret(on_disk, "access_token") == token
+    # the rotated refresh token is on disk, and the old one is dead at the fake
+    assert secret(on_disk, "refresh_token") != secret(acct, "refresh_token")
+    assert secret(on_disk, "refresh_token") in fake.issued
+    assert on_disk.expires_at == pytest.approx(time.time() + fake.token_lifetime, abs=5)
+    assert on_disk.id == acct.id
+    assert on_disk.label == acct.label
+
+
+async def test_the_old_refresh_token_is_kept_when_none_comes_back(
+    store: Store, fake: FakeQwenOAuth, client: OAuthClient
+) -> None:
+    fake.rotate_refresh_tokens = False
+    (acct,) = seed(store, fake, ("a", -10))
+    await manager(store, client).access_token(acct.id)
+    on_disk = store.read().accounts[0]
+    assert secret(on_disk, "refresh_token") == secret(acct, "refresh_token")
+
+
+async def test_fifty_concurrent_demands_make_one_refresh(
+    store: Store, fake: FakeQwenOAuth, client: OAuthClient
+) -> None:
+    fake.refresh_delay = 0.2
+    (acct,) = seed(store, fake, ("a", -10))
+    mgr = manager(store, client)
+    results = await asyncio.gather(*(mgr.access_token(acct.id) for _ in range(50)))
+    assert fake.counts["refresh"] == 1
+    assert len(set(results)) == 1
+    assert mgr.refreshes == 1
+    # later demands use the new token without asking again
+    assert await mgr.access_token(acct.id) == results[0]
+    assert fake.counts["refresh"] == 1
+
+
+async def test_a_cancelled_caller_does_not_cancel_the_refresh(
+    store: Store, fake: FakeQwenOAuth, client: OAuthClient
+) -> None:
+    fake.refresh_delay = 0.2
+    (acct,) = seed(store, fake, ("a", -10))
+    mgr = manager(store, client)
+    impatient = asyncio.ensure_future(mgr.access_token(acct.id))
+    patient = asyncio.ensure_future(mgr.access_token(acct.id))
+    await asyncio.sleep(0.05)
+    impatient.cancel()
+    token = await patient
+    assert fake.is_valid_access_token(token)
+    assert impatient.cancelled()
+    assert fake.counts["refresh"] == 1
+
+
+async def test_refreshes_of_different_accounts_are_separate(
+    store: Store, fake: FakeQwenOAuth, client: OAuthClient
+) -> None:
+    a, b = seed(store, fake, ("a", -10), ("b", -10))
+    mgr = manager(store, client)
+    await asyncio.gather(mgr.access_token(a.id), mgr.access_token(b.id))
+    assert fake.counts["refresh"] == 2
+    assert all(not x.is_expiring(time.time(), WINDOW) for x in store.read().accounts)
+
+
+async def test_after_unauthorized_refreshes_once_per_rejected_token(
+    store: Store, fake: FakeQwenOAuth, client: OAuthClient
+) -> None:
+    fake.refresh_delay = 0.1
+    (acct,) = seed(store, fake, ("a", 3600))
+    mgr = manager(store, client)
+    old = secret(acct, "access_token")
+    results = await asyncio.gather(
+        *(mgr.after_unauthorized(acct.id, old) for _ in range(10))
+    )
+    assert fake.counts["refresh"] == 1
+    new = secret(results[0], "access_token")
+    assert new != old
+    # a late 401 for the old token gets the new one, with no further refresh
+    late = await mgr.after_unauthorized(acct.id, old)
+    assert secret(late, "access_token") == new
+    assert fake.counts["refresh"] == 1
+
+
+async def test_a_token_renewed_by_another_process_is_picked_up(
+    store: Store, fake: FakeQwenOAuth, client: OAuthClient
+) -> None:
+    (acct,) = seed(store, fake, ("a", -10))
+    mgr = manager(store, client)
+    assert (await mgr.accounts()).accounts[0].id == acct.id  # cached
+    fresh = fake.issue_tokens()
+    renewed = oauth_account(fresh, label="a", expires_at=time.time() + 3600)
+    store.update(lambda f: f.put(renewed.model_copy(update={"id": acct.id})))
+    os.utime(store.path, ns=(time.time_ns() + 10**9,) * 2)  # coarse mtime clocks
+    assert await mgr.access_token(acct.id) == fresh["access_token"]
+    assert fake.counts["refresh"] == 0
+
+
+async def test_the_file_lock_is_held_during_the_refresh_and_rechecked(
+    store: Store, fake: FakeQwenOAuth, client: OAuthClient
+) -> None:
+    """Another process holding the lock refreshes; we wait, re-read, don't refresh."""
+    (acct,) = seed(store, fake, ("a", -10))
+    mgr = manager(store, client)
+    await mgr.accounts()
+    other = filelock.FileLock(str(store.path) + ".lock")
+    other.acquire()
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.01)
+
+    tick_task = asyncio.ensure_future(ticker())
+    demand = asyncio.ensure_future(mgr.access_token(acct.id))
+    await asyncio.sleep(0.3)
+    assert not demand.done()  # waiting for the lock...
+    assert ticks > 10  # ...without blocking the event loop
+    fresh = fake.issue_tokens()
+    renewed = oauth_account(fresh, label="a", expires_at=time.time() + 3600)
+    data = AccountsFile(accounts=(renewed.model_copy(update={"id": acct.id}),))
+    store.path.write_bytes(data.to_json())
+    other.release()
+    assert await demand == fresh["access_token"]
+    assert fake.counts["refresh"] == 0
+    tick_task.cancel()
+
+
+async def test_lock_timeout_with_a_still_valid_token_keeps_working(
+    store: Store, fake: FakeQwenOAuth, client: OAuthClient
+) -> None:
+    (acct,) = seed(store, fake, ("a", 60))  # in the window but valid
+    mgr = manager(store, client, lock_timeout=0.1)
+    other = filelock.FileLock(str(store.path) + ".lock")
+    with other:
+        token = await mgr.access_token(acct.id)
+    assert token == secret(acct, "access_token")
+    assert fake.counts["refresh"] == 0
+
+
+@pytest.mark.parametrize("style", ["invalid_request", "invalid_grant"])
+async def test_dead_refresh_token_marks_only_that_account(
+    store: Store,
+    fake: FakeQwenOAuth,
+    client: OAuthClient,
+    caplog: pytest.LogCaptureFixture,
+    style: str,
+) -> None:
+    fake.dead_refresh_error = style  # type: ignore[assignment]
+    dead, alive = seed(store, fake, ("work", -10), ("home", 3600))
+    fake.revoke(secret(dead, "refresh_token"))
+    before = store.read().get(alive.id)
+    mgr = manager(store, client)
+    with caplog.at_level(logging.WARNING), pytest.raises(NeedsRelogin) as info:
+        await mgr.access_token(dead.id)
+    assert info.value.account_id == dead.id
+    assert "qwen-oauth login --label work" in str(info.value)
+    marked = store.read().get(dead.id)
+    assert marked is not None
+    assert marked.needs_relogin
+    assert style in (marked.relogin_reason or "")
+    assert store.read().get(alive.id) == before
+    assert await mgr.access_token(alive.id) == secret(alive, "access_token")
+    logged = caplog.text
+    assert "work" in logged
+    assert dead.id in logged
+    assert "qwen-oauth login --label work" in logged
+    # a marked account is not refreshed again: it fails at once
+    with pytest.raises(NeedsRelogin):
+        await mgr.access_token(dead.id)
+    assert fake.counts["refresh"] == 1
+
+
+async def test_a_server_error_is_transient_and_marks_nothing(
+    store: Store, fake: FakeQwenOAuth, client: OAuthClient
+) -> None:
+    fake.refresh_failure = "server_error"
+    now = [time.time()]
+    (acct,) = seed(store, fake, ("a", 60))  # expiring but still valid
+    mgr = manager(store, client, clock=lambda: now[0], transient_backoff=30)
+    token = await mgr.access_token(acct.id)
+    assert token == secret(acct, "access_token")  # the old one still works
+    assert fake.counts["refresh"] == 1
+    assert not store.read().accounts[0].needs_relogin
+    await mgr.access_token(acct.id)  # within the back-off: no new attempt
+    assert fake.counts["refresh"] == 1
+    now[0] += 31
+    fake.refresh_failure = None
+    token = await mgr.access_token(acct.id)
+    assert token != secret(acct, "access_token")
+    assert fake.counts["refresh"] == 2
+
+
+async def test_a_server_error_with_an_expired_token_raises(
+    store: Store, fake: FakeQwenOAuth, client: OAuthClient
+) -> None:
+    fake.refresh_failure = "server_error"
+    (acct,) = seed(store, fake, ("a", -10))
+    with pytest.raises(TransientAuthError):
+        await manager(store, client).access_token(acct.id)
+    assert not store.read().accounts[0].needs_relogin
+
+
+async def test_a_failed_write_never_hands_out_the_new_token(
+    store: Store,
+    fake: FakeQwenOAuth,
+    client: OAuthClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    (acct,) = seed(store, fake, ("a", -10))
+    before = store.path.read_bytes()
+
+    def broken(path: Path, data: bytes) -> None:
+        raise StoreError("disk full", path=path)
+
+    monkeypatch.setattr(tokens_mod, "atomic_write", broken)
+    with pytest.raises(StoreError):
+        await manager(store, client).access_token(acct.id)
+    assert fake.counts["refresh"] == 1
+    assert store.path.read_bytes() == before
+
+
+async def test_key_accounts_never_refresh(
+    store: Store, fake: FakeQwenOAuth, client: OAuthClient
+) -> None:
+    key = Account(
+        id="acct_key",
+        label="k",
+        kind="key",
+        access_token=SecretStr("sk-1234567890"),
+        added_at=0,
+        updated_at=0,
+    )
+    store.write(AccountsFile(accounts=(key,)))
+    mgr = manager(store, client)
+    assert await mgr.access_token(key.id) == "sk-1234567890"
+    assert (await mgr.refresh(key.id)).kind == "key"
+    assert fake.counts["requests"] == 0
+
+
+async def test_unknown_account(store: Store, client: OAuthClient) -> None:
+    store.write(AccountsFile())
+    with pytest.raises(UnknownAccount):
+        await manager(store, client).access_token("acct_nope")
+
+
+async def test_missing_refresh_token_needs_relogin(
+    store: Store, fake: FakeQwenOAuth, client: OAuthClient
+) -> None:
+    (acct,) = seed(store, fake, ("a", -10))
+    store.update(lambda f: f.put(acct.model_copy(update={"refresh_token": None})))
+    with pytest.raises(NeedsRelogin, match="no refresh token"):
+        await manager(store, client).access_token(acct.id)
+    assert store.read().accounts[0].needs_relogin
+    assert fake.counts["refresh"] == 0
+
+
+async def test_forced_refresh(
+    store: Store, fake: FakeQwenOAuth, client: OAuthClient
+) -> None:
+    (acct,) = seed(store, fake, ("a", 3600))
+    fresh = await manager(store, client).refresh(acct.id)
+    assert secret(fresh, "access_token") != secret(acct, "access_token")
+    assert fake.counts["refresh"] == 1
+
+
+WORKER = textwrap.dedent(
+    """
+    import asyncio, hashlib, sys, time
+    from pathlib import Path
+    from qwen_oauth_mitm.oauth.client import OAuthClient
+    from qwen_oauth_mitm.oauth.tokens import TokenManager
+    from qwen_oauth_mitm.store import accounts_file
+
+    async def main():
+        store = accounts_file(Path(sys.argv[1]))
+        start_at = float(sys.argv[4])
+        async with OAuthClient(sys.argv[2], sys.argv[3]) as client:
+            mgr = TokenManager(store, client, refresh_window_seconds=300)
+            account_id = store.read().accounts[0].id
+            await asyncio.sleep(max(0.0, start_at - time.time()))
+            token = await mgr.access_token(account_id)
+        print(hashlib.sha256(token.encode()).hexdigest(), mgr.refreshes)
+
+    asyncio.run(main())
+    """
+)
+
+
+@pytest.mark.e2e
+def test_two_processes_make_one_refresh(store: Store, fake: FakeQwenOAuth) -> None:
+    fake.refresh_delay = 0.5
+    seed(store, fake, ("a", -10))
+    start_at = str(time.time() + 1.5)  # both start after their imports
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                WORKER,
+                str(store.path),
+                fake.url,
+                fake.client_id,
+                start_at,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=60) for p in procs]
+    for (_out, err), proc in zip(outputs, procs, strict=True):
+        assert proc.returncode == 0, err
+    digests = {out.split()[0] for out, _ in outputs}
+    made = sorted(int(out.split()[1]) for out, _ in outputs)
+    assert fake.counts["refresh"] == 1
+    assert made == [0, 1]
+    assert len(digests) == 1  # both use the one new token
+    on_disk = secret(store.read().accounts[0], "access_token")
+    assert digests == {hashlib.sha256(on_disk.encode()).hexdigest()}
