@@ -12,6 +12,7 @@ import textwrap
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import filelock
 import pytest
@@ -49,7 +50,7 @@ def seed(store: Store, fake: FakeQwenOAuth, *specs: tuple[str, float]) -> list[A
     return accounts
 
 
-def manager(store: Store, client: OAuthClient, **kw: float) -> TokenManager:
+def manager(store: Store, client: OAuthClient, **kw: Any) -> TokenManager:
     return TokenManager(store, client, refresh_window_seconds=WINDOW, **kw)
 
 
