@@ -14,6 +14,7 @@ import sys
 import traceback
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TextIO
 
 from qwen_oauth_mitm import __version__, redact
 from qwen_oauth_mitm.cli.common import Env
@@ -138,19 +139,28 @@ def _debug_wanted(environ: Mapping[str, str]) -> bool:
     return environ.get("QWEN_DEBUG", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def _setup_logging(debug: bool, quiet: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    redact.install_redaction([handler])
+class _StderrHandler(logging.StreamHandler[TextIO]):
+    """Writes to whatever ``sys.stderr`` is at the time (tests swap it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def _setup_logging(debug: bool) -> None:
+    """Warnings (and with debug, everything) to stderr, redacted; idempotent."""
     root = logging.getLogger()
-    root.addHandler(handler)
+    handler = next((h for h in root.handlers if isinstance(h, _StderrHandler)), None)
+    if handler is None:
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        root.addHandler(handler)
+    redact.install_redaction([handler])
     # The CLI says what happened itself; the library logs only warnings here.
-    del quiet
-    level = logging.DEBUG if debug else logging.WARNING
-    root.setLevel(logging.WARNING)
-    logging.getLogger("qwen_oauth_mitm").setLevel(level)
-    if debug:
-        logging.getLogger("httpx").setLevel(logging.INFO)
+    logging.getLogger("qwen_oauth_mitm").setLevel(
+        logging.DEBUG if debug else logging.WARNING
+    )
+    logging.getLogger("httpx").setLevel(logging.INFO if debug else logging.WARNING)
 
 
 def run(env: Env, args: argparse.Namespace) -> int:
@@ -188,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         env = Env.from_os()
         debug = debug or env.config.debug
-        _setup_logging(debug, env.config.quiet_mode)
+        _setup_logging(debug)
         return run(env, args)
     except KeyboardInterrupt:
         sys.stdout.write("\n")

@@ -1,0 +1,95 @@
+"""Fixtures for the CLI tests: a fake OAuth server and an isolated home."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from qwen_oauth_mitm import redact
+from qwen_oauth_mitm.cli.common import Env
+from qwen_oauth_mitm.config import Config
+from qwen_oauth_mitm.oauth.fake_server import FakeQwenOAuth
+from qwen_oauth_mitm.paths import StatePaths
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeQwenOAuth]:
+    with FakeQwenOAuth(interval=0.01, pending_polls=1) as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def _fresh_registry() -> Iterator[None]:
+    yield
+    redact.REGISTRY.clear()
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    (tmp_path / "home").mkdir()
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def accounts_path(tmp_path: Path) -> Path:
+    return tmp_path / "xdg" / "opencode" / "qwen-auth-accounts.json"
+
+
+@pytest.fixture
+def env(tmp_path: Path, fake: FakeQwenOAuth, home: Path) -> Env:
+    """An in-process CLI environment writing to string buffers."""
+    return Env(
+        paths=StatePaths(tmp_path / "xdg" / "opencode"),
+        config=Config(oauth_base_url=fake.url),
+        environ={"HOME": str(home)},
+        stdin=io.StringIO(),
+        stdout=io.StringIO(),
+        stderr=io.StringIO(),
+    )
+
+
+def out(env: Env) -> str:
+    assert isinstance(env.stdout, io.StringIO)
+    return env.stdout.getvalue()
+
+
+@pytest.fixture
+def cli_environ(tmp_path: Path, fake: FakeQwenOAuth, home: Path) -> dict[str, str]:
+    """Environment for a real ``qwen-oauth`` subprocess (no browser, no display)."""
+    environ = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("QWEN_")
+        and k not in {"DISPLAY", "WAYLAND_DISPLAY", "BROWSER"}
+    }
+    environ.update(
+        QWEN_OAUTH_BASE_URL=fake.url,
+        XDG_CONFIG_HOME=str(tmp_path / "xdg"),
+        HOME=str(home),
+        PYTHONUNBUFFERED="1",
+    )
+    return environ
+
+
+def run_cli(
+    args: list[str],
+    environ: dict[str, str],
+    *,
+    stdin: str | None = None,
+    timeout: float = 60,
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "qwen_oauth_mitm", *args],
+        env=environ,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
