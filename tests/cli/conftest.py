@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import os
 import subprocess
 import sys
@@ -28,6 +29,21 @@ def fake() -> Iterator[FakeQwenOAuth]:
 def _fresh_registry() -> Iterator[None]:
     yield
     redact.REGISTRY.clear()
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """main() configures logging for a process; undo it for the next tests."""
+    root = logging.getLogger()
+    handlers = list(root.handlers)
+    names = ("qwen_oauth_mitm", "httpx")
+    levels = {name: logging.getLogger(name).level for name in names}
+    yield
+    for handler in root.handlers[:]:
+        if handler not in handlers:
+            root.removeHandler(handler)
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
 
 
 @pytest.fixture
