@@ -187,7 +187,8 @@ class TokenManager:
             return True
         if rejected is not None:
             current = _secret(account, "access_token")
-            return current is None or _same(current, rejected)
+            if current is None or _same(current, rejected):
+                return True
         return account.is_expiring(now, self.refresh_window_seconds)
 
     @staticmethod
