@@ -12,8 +12,10 @@ from hypothesis import strategies as st
 from qwen_oauth_mitm.accounts import Account
 from qwen_oauth_mitm.config import Config
 from qwen_oauth_mitm.rotation import health as h
+from qwen_oauth_mitm.rotation.affinity import digest
 from qwen_oauth_mitm.rotation.engine import AllUnavailable, Pick, Rotation
 from qwen_oauth_mitm.rotation.simulation import fake_account
+from qwen_oauth_mitm.rotation.state import AccountTrack, Cooldown, TrackerState
 
 T0 = dt.datetime(2026, 1, 5, tzinfo=dt.UTC).timestamp()
 STRATEGIES = ("hybrid", "round-robin", "sequential")
@@ -28,6 +30,7 @@ class Op:
     flag: bool = False
 
 
+small_steps = st.sampled_from([0.0, 0.5, 2.0, 10.0])
 ops = st.lists(
     st.one_of(
         st.builds(
@@ -45,7 +48,8 @@ ops = st.lists(
             Op, st.just("failure"), st.integers(0, 99), st.just(0.0), st.booleans()
         ),
         st.builds(Op, st.just("release"), st.integers(0, 99)),
-        st.builds(Op, st.just("advance"), st.just(0), st.floats(0, 4000)),
+        st.builds(Op, st.just("advance"), st.just(0), small_steps | st.floats(0, 4000)),
+        st.builds(Op, st.just("pick"), st.just(0), st.just(0.0), st.booleans()),
     ),
     max_size=80,
 )
@@ -63,7 +67,7 @@ configs = st.builds(
         }
     ),
     st.sampled_from(STRATEGIES),
-    st.integers(1, 10),
+    st.integers(1, 10) | st.just(1),
     st.floats(0.5, 60),
     st.booleans(),
     st.booleans(),
@@ -210,3 +214,60 @@ def test_sequential_changes_account_only_after_a_limit_or_failure(
             if current is not None and account_id != current:
                 assert current in since, f"left {current} without a reason"
             current, since = account_id, set()
+
+
+moments = st.none() | st.floats(T0 - 20_000, T0)
+tracks = st.builds(
+    AccountTrack,
+    health=st.none() | st.floats(0, 100),
+    health_at=st.just(T0),
+    tokens=st.none() | st.floats(0, 50),
+    tokens_at=st.floats(T0 - 30, T0),
+    last_used=moments,
+    cooldown=st.none()
+    | st.builds(
+        Cooldown,
+        until=st.floats(T0 - 100, T0 + 100),
+        reason=st.sampled_from(["rate_limit", "quota", "failure"]),
+    ),
+)
+
+
+@given(
+    account_lists.flatmap(
+        lambda accounts: st.tuples(
+            st.just(accounts),
+            st.lists(tracks, min_size=len(accounts), max_size=len(accounts)),
+            st.lists(st.sampled_from([a.id for a in accounts]), max_size=2),
+        )
+    ),
+    st.booleans(),
+)
+def test_hybrid_obeys_its_rules_from_any_stored_state(
+    case: tuple[list[Account], list[AccountTrack], list[str]], sticky: bool
+) -> None:
+    accounts, stored, excluded = case
+    state = TrackerState(
+        accounts={a.id: t for a, t in zip(accounts, stored, strict=True)},
+        affinity={digest("k"): accounts[0].id} if sticky else {},
+    )
+    rot = Rotation(Config(), state)
+    before = {a.id: rules(rot, a, T0) for a in accounts if a.id not in excluded}
+    result = rot.pick(accounts, T0, conversation_key="k", exclude=excluded)
+    if isinstance(result, AllUnavailable):
+        assert not any(usable for usable, _ in before.values())
+        return
+    usable, healthy = before.get(result.account.id, (False, False))
+    assert usable
+    assert healthy or not any(u and hl for u, hl in before.values())
+    assert result.reason == ("score" if healthy else "healthiest") or (
+        result.reason == "affinity" and healthy
+    )
+    if result.reason == "score":  # the best score among the healthy usable ones
+        rates = h.Rates.of(rot.config.health_score, rot.config.token_bucket)
+        best = max(
+            h.assess(state.accounts[i], T0, rates)[2]
+            for i, (u, hl) in before.items()
+            if u and hl
+        )
+        assert result.score == best

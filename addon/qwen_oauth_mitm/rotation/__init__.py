@@ -5,7 +5,7 @@ Pure core (no mitmproxy, no I/O, the clock passed in as ``now``):
 - ``state``: the tracker-state model persisted to ``qwen-auth-tracker-state.json``;
 - ``health``: health score, token bucket and the hybrid score;
 - ``ratelimit``: what an upstream error answer means (:func:`classify_error`);
-- ``affinity``: conversation keys and the bounded affinity map;
+- ``affinity``: the bounded conversation -> account map;
 - ``status``: each account's state in words, and the accounts table;
 - ``engine``: :class:`Rotation`, the strategies, picks and their settlement;
 - ``simulation``: a simulated day against a fake rate-limited upstream.
@@ -14,7 +14,7 @@ I/O: ``persist`` (load/save the tracker file through ``store``) and ``bench``
 (times :meth:`Rotation.pick`).
 """
 
-from qwen_oauth_mitm.rotation.affinity import AffinityMap, conversation_key
+from qwen_oauth_mitm.rotation.affinity import AffinityMap
 from qwen_oauth_mitm.rotation.engine import (
     AllUnavailable,
     Pick,
@@ -49,7 +49,6 @@ __all__ = [
     "Verdict",
     "VerdictKind",
     "classify_error",
-    "conversation_key",
     "next_quota_reset",
     "render_status_table",
     "tracker_file",

@@ -1,84 +1,33 @@
 """Conversation affinity: send a conversation back to the account that served it.
 
 Pure; no I/O. The upstream caches prompt prefixes per account, so spreading one
-conversation over several accounts pays the full prompt every turn. A
-conversation is recognised by :func:`conversation_key`: the client's
-``prompt_cache_key`` when it sends one (OpenCode sends its session id), else a
-hash of the system prompt and the first user message, which stay the same for the
-whole conversation. Keys are SHA-256 hashes, so the tracker file never holds a
-prompt or the client's own identifiers.
+conversation over several accounts pays the full prompt every turn. The caller
+names the conversation (the addon uses
+:func:`qwen_oauth_mitm.translate.affinity.conversation_key`: the client's
+``prompt_cache_key``, else a hash of the system prompt and first user message);
+:class:`AffinityMap` remembers the last account per conversation, least recently
+used first, and forgets the oldest beyond ``MAX_AFFINITY_ENTRIES``.
 
-:class:`AffinityMap` remembers the last account per key, least recently used
-first, and forgets the oldest beyond ``MAX_AFFINITY_ENTRIES``.
+Keys are stored as SHA-256 digests of what the caller gave, so the tracker file
+holds neither prompts nor client identifiers, and a huge key costs no space.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Collection, Mapping
-from typing import Any
 
 from qwen_oauth_mitm.rotation.state import MAX_AFFINITY_ENTRIES
 
-_SYSTEM_ROLES = frozenset({"system", "developer"})
 
-
-def conversation_key(body: Mapping[str, Any]) -> str | None:
-    """The conversation a request belongs to, or None when it cannot be told.
-
-    Works on a Responses API body (``prompt_cache_key``, ``instructions``,
-    ``input``) and on a Chat Completions body (``messages``).
-    """
-    cache_key = body.get("prompt_cache_key")
-    if isinstance(cache_key, str) and cache_key:
-        return _digest("prompt_cache_key", cache_key)
-    items = body.get("input", body.get("messages"))
-    system: list[str] = []
-    instructions = body.get("instructions")
-    if isinstance(instructions, str):
-        system.append(instructions)
-    first_user: str | None = None
-    if isinstance(items, str):
-        first_user = items
-    elif isinstance(items, list):
-        for item in items:
-            if not isinstance(item, Mapping):
-                continue
-            role = item.get("role")
-            if role in _SYSTEM_ROLES:
-                system.append(_text(item.get("content")))
-            elif role == "user":
-                first_user = _text(item.get("content"))
-                break
-    if first_user is None and not system:
-        return None
-    return _digest("prompt", "\x00".join(system), first_user or "")
-
-
-def _text(content: object) -> str:
-    """The text of a message: a string, or the text parts of a part list."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(
-            part["text"]
-            for part in content
-            if isinstance(part, Mapping) and isinstance(part.get("text"), str)
-        )
-    return ""
-
-
-def _digest(*parts: str) -> str:
-    h = hashlib.sha256()
-    for part in parts:
-        data = part.encode("utf-8", "surrogatepass")
-        h.update(len(data).to_bytes(8, "big"))  # length-prefixed: no ambiguity
-        h.update(data)
-    return h.hexdigest()[:32]
+def digest(conversation_key: str) -> str:
+    """The stored form of a conversation key (32 hex digits)."""
+    data = conversation_key.encode("utf-8", "surrogatepass")
+    return hashlib.sha256(data).hexdigest()[:32]
 
 
 class AffinityMap:
-    """Conversation key -> account id, bounded, least recently used evicted."""
+    """Conversation -> account id, bounded, least recently used evicted."""
 
     def __init__(
         self,
@@ -86,6 +35,7 @@ class AffinityMap:
         *,
         limit: int = MAX_AFFINITY_ENTRIES,
     ) -> None:
+        """``entries`` are stored pairs (digest -> account id), oldest first."""
         self._limit = limit
         # A dict keeps insertion order; re-inserting moves a key to the newest end.
         self._map: dict[str, str] = dict(entries or {})
@@ -94,10 +44,11 @@ class AffinityMap:
     def __len__(self) -> int:
         return len(self._map)
 
-    def get(self, key: str) -> str | None:
-        return self._map.get(key)
+    def get(self, conversation_key: str) -> str | None:
+        return self._map.get(digest(conversation_key))
 
-    def remember(self, key: str, account_id: str) -> None:
+    def remember(self, conversation_key: str, account_id: str) -> None:
+        key = digest(conversation_key)
         self._map.pop(key, None)
         self._map[key] = account_id
         self._evict()
@@ -110,6 +61,7 @@ class AffinityMap:
         return len(stale)
 
     def to_dict(self) -> dict[str, str]:
+        """The stored pairs, oldest first (for :class:`~.state.TrackerState`)."""
         return dict(self._map)
 
     def _evict(self) -> None:

@@ -142,8 +142,11 @@ class Rotation:
     ) -> Pick | AllUnavailable:
         """Choose the account for one request, in O(len(accounts)).
 
-        ``exclude`` holds ids already tried for this request; they are neither
-        picked nor counted in ``retry_at``.
+        ``conversation_key`` names the conversation (the addon passes
+        ``translate.affinity.conversation_key(body)``); under hybrid with
+        ``conversation_affinity``, the account that served it last is preferred
+        while it is usable. ``exclude`` holds ids already tried for this request;
+        they are neither picked nor counted in ``retry_at``.
         """
         excluded = frozenset(exclude)
         if self._config.rotation_strategy == "hybrid":

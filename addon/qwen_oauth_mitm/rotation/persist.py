@@ -62,7 +62,8 @@ class TrackerStore:
     ) -> None:
         self.file = file
         self.interval = interval
-        self._saved_revision: int | None = None
+        # Revision 0 is an engine exactly as built from load(): nothing to write.
+        self._saved_revision = 0
         self._last_attempt: float | None = None
         self._failing = False
 

@@ -87,8 +87,8 @@ class TrackerState(_Frozen):
     cursor_failed: bool = False
     """Sequential: the cursor's account failed, so the next pick moves past it."""
     affinity: dict[str, str] = {}
-    """Conversation key (a hash) -> id of the account that served it last, oldest
-    first; at most ``MAX_AFFINITY_ENTRIES`` entries."""
+    """Conversation (a digest of its key) -> id of the account that served it
+    last, oldest first; at most ``MAX_AFFINITY_ENTRIES`` entries."""
 
     @field_validator("affinity")
     @classmethod
