@@ -57,7 +57,10 @@ class OAuthClient:
         timeout: float = DEFAULT_TIMEOUT,
         user_agent: str = DEFAULT_USER_AGENT,
         transport: httpx.AsyncBaseTransport | None = None,
+        trust_env: bool = True,
     ) -> None:
+        """``trust_env`` honours HTTP(S)_PROXY / NO_PROXY; inside the proxy itself,
+        pass False when those variables point at the proxy."""
         self.base_url = base_url.rstrip("/")
         self.client_id = client_id
         self._http = httpx.AsyncClient(
@@ -68,7 +71,7 @@ class OAuthClient:
             },
             transport=transport,
             follow_redirects=False,
-            trust_env=True,
+            trust_env=trust_env,
         )
 
     async def __aenter__(self) -> Self:
