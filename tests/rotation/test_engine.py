@@ -14,7 +14,6 @@ from qwen_oauth_mitm.rotation.engine import (
     AllUnavailable,
     Pick,
     Rotation,
-    wait_before_retry,
 )
 from qwen_oauth_mitm.rotation.ratelimit import Verdict
 from qwen_oauth_mitm.rotation.simulation import fake_account
@@ -431,21 +430,3 @@ def test_every_change_moves_the_revision() -> None:
     rot.release(p, T0)
     seen.append(rot.revision)
     assert seen == sorted(set(seen))
-
-
-@pytest.mark.parametrize(
-    ("retry_at", "waited", "max_wait", "expected"),
-    [
-        (T0 + 30, 0, 300, 30.0),
-        (T0 + 30, 280, 300, None),  # would pass the limit
-        (T0 + 30, 270, 300, 30.0),  # exactly at the limit
-        (T0 + 3000, 0, 0, 3000.0),  # 0 = no limit
-        (None, 0, 0, None),
-        (T0 - 5, 0, 300, 0.0),
-    ],
-)
-def test_wait_before_retry(
-    retry_at: float | None, waited: float, max_wait: float, expected: float | None
-) -> None:
-    result = AllUnavailable(retry_at, ())
-    assert wait_before_retry(result, T0, waited=waited, max_wait=max_wait) == expected

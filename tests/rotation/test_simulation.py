@@ -8,6 +8,7 @@ import datetime as dt
 import pytest
 
 from qwen_oauth_mitm.config import Config
+from qwen_oauth_mitm.rotation import select
 from qwen_oauth_mitm.rotation import simulation as sim
 from qwen_oauth_mitm.rotation.simulation import (
     FakeUpstream,
@@ -102,7 +103,7 @@ def test_the_pick_check_catches_a_strategy_that_picks_a_disabled_account(
         [fake_account("acct_off", disabled=True), fake_account("acct_0")],
         start=1_767_571_200.0,
     )
-    monkeypatch.setattr(s.engine, "_base_usable", lambda *_: True)
+    monkeypatch.setattr(select, "usable", lambda *_: True)
     with pytest.raises(AssertionError, match="acct_off, which the rules exclude"):
         s.run(3600)
 

@@ -19,17 +19,20 @@ estimate, but they never wait for one.
 
 from __future__ import annotations
 
-import datetime as dt
-import math
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
-from typing import Literal
 
 from qwen_oauth_mitm.accounts import Account
 from qwen_oauth_mitm.config import Config, parse_timezone
 from qwen_oauth_mitm.rotation import health as h
 from qwen_oauth_mitm.rotation.affinity import AffinityMap
+from qwen_oauth_mitm.rotation.picks import (
+    AllUnavailable,
+    Pick,
+    PickReason,
+    wait_before_retry,
+)
 from qwen_oauth_mitm.rotation.ratelimit import Verdict, quota_day
+from qwen_oauth_mitm.rotation.select import Choice, choose_hybrid, choose_in_order
 from qwen_oauth_mitm.rotation.state import (
     EMPTY_TRACK,
     AccountTrack,
@@ -38,70 +41,20 @@ from qwen_oauth_mitm.rotation.state import (
     DayCounters,
     TrackerState,
 )
-from qwen_oauth_mitm.rotation.status import (
-    AccountStatus,
-    account_status,
-    unavailable_message,
-)
+from qwen_oauth_mitm.rotation.status import AccountStatus, account_status
 
-PickReason = Literal["affinity", "score", "healthiest", "round-robin", "sequential"]
+__all__ = [
+    "FAILURES_BEFORE_COOLDOWN",
+    "AllUnavailable",
+    "Pick",
+    "PickReason",
+    "Rotation",
+    "wait_before_retry",
+]
 
 FAILURES_BEFORE_COOLDOWN = 3
 """Consecutive failures (no success between) before an account cools down."""
 MAX_FAILURE_COOLDOWN_SECONDS = 3600.0
-
-
-@dataclass(frozen=True, slots=True)
-class Pick:
-    """The account chosen for one request; settle it exactly once."""
-
-    account: Account
-    reason: PickReason
-    at: float
-    score: float | None = None
-    """The hybrid score, for logs (None for the other strategies)."""
-    token_taken: float = 0.0
-    previous_last_used: float | None = None
-    day: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class AllUnavailable:
-    """No account can serve now."""
-
-    retry_at: float | None
-    """Earliest moment an account becomes usable; None when waiting cannot help
-    (every account disabled, needing re-login, or excluded)."""
-    statuses: tuple[AccountStatus, ...]
-    tried: frozenset[str] = frozenset()
-
-    def retry_after_seconds(self, now: float) -> int | None:
-        """Whole seconds for a ``Retry-After`` header (at least 1)."""
-        if self.retry_at is None:
-            return None
-        return max(1, math.ceil(self.retry_at - now))
-
-    def message(self, now: float, tz: dt.tzinfo = dt.UTC) -> str:
-        """Each account's state and when to retry, for the client's error."""
-        return unavailable_message(
-            self.statuses, self.retry_at, now, tz, tried=self.tried
-        )
-
-
-def wait_before_retry(
-    result: AllUnavailable, now: float, *, waited: float, max_wait: float
-) -> float | None:
-    """Seconds to wait before picking again, or None to fail the request now.
-
-    ``waited`` is how long this request has already waited; ``max_wait`` is
-    ``max_rate_limit_wait_seconds`` (0 = no limit).
-    """
-    if result.retry_at is None:
-        return None
-    delay = max(0.0, result.retry_at - now)
-    if max_wait > 0 and waited + delay > max_wait:
-        return None
-    return delay
 
 
 class Rotation:
@@ -149,93 +102,46 @@ class Rotation:
         they are neither picked nor counted in ``retry_at``.
         """
         excluded = frozenset(exclude)
-        if self._config.rotation_strategy == "hybrid":
-            chosen = self._choose_hybrid(accounts, now, conversation_key, excluded)
-        else:
-            chosen = self._choose_in_order(accounts, now, excluded)
+        chosen = self._choose(accounts, now, conversation_key, excluded)
         if chosen is None:
             return self._unavailable(accounts, now, excluded)
         index, reason, score = chosen
         return self._take(accounts[index], now, reason, score, conversation_key)
 
-    def _base_usable(
-        self, account: Account, now: float, excluded: frozenset[str]
-    ) -> bool:
-        if account.disabled or account.needs_relogin or account.id in excluded:
-            return False
-        cooldown = self._tracks.get(account.id, EMPTY_TRACK).cooldown
-        return cooldown is None or cooldown.until <= now
-
-    def _choose_hybrid(
+    def _choose(
         self,
         accounts: Sequence[Account],
         now: float,
         key: str | None,
         excluded: frozenset[str],
-    ) -> tuple[int, PickReason, float | None] | None:
-        cfg = self._config
-        rates = h.Rates.of(cfg.health_score, cfg.token_bucket)
-        min_usable = cfg.health_score.min_usable
-        n = len(accounts)
+    ) -> Choice | None:
+        cfg, n = self._config, len(accounts)
         offset = self._pid % n if cfg.pid_offset_enabled and n else 0
-        sticky = self._affinity.get(key) if key and cfg.conversation_affinity else None
-        tracks, assess = self._tracks, h.assess
-        best_score = weak_health = weak_score = -math.inf
-        best_i = weak_i = -1
-        # The hot loop: one pass, no allocation for accounts that are ruled out.
-        for i, account in enumerate(accounts):
-            if account.disabled or account.needs_relogin or account.id in excluded:
-                continue
-            track = tracks.get(account.id, EMPTY_TRACK)
-            if track.cooldown is not None and track.cooldown.until > now:
-                continue
-            health, tokens, score = assess(track, now, rates)
-            if tokens < 1:
-                continue
-            if health >= min_usable:
-                if account.id == sticky:
-                    return i, "affinity", score
-                # Ties (all-fresh accounts) go to the one nearest the pid offset.
-                if score > best_score or (
-                    score == best_score and (i - offset) % n < (best_i - offset) % n
-                ):
-                    best_score, best_i = score, i
-            elif health > weak_health or (
-                health == weak_health
-                and (
-                    score > weak_score
-                    or (
-                        score == weak_score and (i - offset) % n < (weak_i - offset) % n
-                    )
-                )
-            ):
-                weak_health, weak_score, weak_i = health, score, i
-        if best_i >= 0:
-            return best_i, "score", best_score
-        if weak_i >= 0:
-            return weak_i, "healthiest", weak_score
-        return None
-
-    def _choose_in_order(
-        self, accounts: Sequence[Account], now: float, excluded: frozenset[str]
-    ) -> tuple[int, PickReason, float | None] | None:
-        n = len(accounts)
-        if n == 0:
-            return None
-        round_robin = self._config.rotation_strategy == "round-robin"
-        pos = next((i for i, a in enumerate(accounts) if a.id == self._cursor), None)
-        if pos is None:
-            start = 0
-        else:  # sequential stays on its account until that one fails
-            start = pos + (1 if round_robin or self._cursor_failed else 0)
-        if self._first_pick and self._config.pid_offset_enabled:
-            start += self._pid % n
-        reason: PickReason = "round-robin" if round_robin else "sequential"
-        for k in range(n):
-            i = (start + k) % n
-            if self._base_usable(accounts[i], now, excluded):
-                return i, reason, None
-        return None
+        if cfg.rotation_strategy == "hybrid":
+            use_key = key if cfg.conversation_affinity else None
+            return choose_hybrid(
+                accounts,
+                self._tracks,
+                now,
+                cfg,
+                sticky=self._affinity.get(use_key) if use_key else None,
+                excluded=excluded,
+                offset=offset,
+            )
+        round_robin = cfg.rotation_strategy == "round-robin"
+        return choose_in_order(
+            accounts,
+            self._tracks,
+            now,
+            cursor=self._cursor,
+            # Sequential stays on its account until that one fails.
+            stay=not round_robin and not self._cursor_failed,
+            # The pid offset moves only this process's first pick; then the
+            # cursor carries on from wherever that was.
+            offset=offset if self._first_pick else 0,
+            excluded=excluded,
+            reason="round-robin" if round_robin else "sequential",
+        )
 
     def _take(
         self,
