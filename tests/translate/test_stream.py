@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from qwen_oauth_mitm.translate import StreamTranslator, counter_ids
+from qwen_oauth_mitm.translate import StreamTranslator, counter_ids, translate_request
 from qwen_oauth_mitm.translate.output import REASONING_MARKER
 
 from .helpers import (
@@ -320,3 +320,16 @@ def test_response_echoes_the_request() -> None:
     assert final["tool_choice"] == "auto"
     assert [t["name"] for t in final["tools"]] == ["read", "glob"]
     assert final["store"] is False
+
+
+def test_reasoning_is_replayed_next_turn() -> None:
+    # The AI SDK replays reasoning only with encrypted content: our marker plus the
+    # summary must come back as reasoning_content on the assistant message.
+    out, _ = translate_chunks([upstream("reasoning_then_text")])
+    final = json.loads(out[-1].split(b"data: ", 1)[1])["response"]["output"]
+    history = [{"role": "user", "content": "hi"}, *final]
+    chat = translate_request({"model": "coder-model", "input": history}).chat
+    assert (
+        chat["messages"][1]["reasoning_content"]
+        == CASES["reasoning_then_text"]["reasoning"]
+    )
