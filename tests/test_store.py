@@ -8,6 +8,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -237,3 +238,25 @@ def test_sigkill_during_tight_write_loop_never_leaves_a_torn_file(
         assert mode(path) == 0o600
     # The writer really made progress between kills (the test exercised writes).
     assert max(seen) > 0
+
+
+def test_threads_of_one_process_do_not_lose_updates(tmp_path: Path) -> None:
+    store = JsonStateFile(
+        tmp_path / "c.json", Counter, default=Counter, on_corrupt="raise"
+    )
+
+    def bump(c: Counter) -> Counter:
+        n = c.n
+        time.sleep(0.001)  # widen the read-modify-write window
+        return c.model_copy(update={"n": n + 1})
+
+    def work() -> None:
+        for _ in range(25):
+            store.update(bump)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert store.read().n == 100

@@ -19,6 +19,7 @@ import logging
 import os
 import stat
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -113,16 +114,20 @@ class JsonStateFile[M: BaseModel]:
         self._model = model
         self._default = default
         self._on_corrupt = on_corrupt
+        # The file lock keeps other processes out. It is re-entrant for the whole
+        # process (thread_local=False, so an async caller may release it from another
+        # thread), so threads of this process are kept apart by the RLock as well.
         self._lock = filelock.FileLock(
             str(path) + ".lock", timeout=lock_timeout, thread_local=False
         )
+        self._thread_lock = threading.RLock()
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Hold the cross-process lock (re-entrant within this object)."""
         try:
             ensure_private_dir(self.path.parent)
-            with self._lock:
+            with self._thread_lock, self._lock:
                 yield
         except filelock.Timeout as e:
             raise StoreError(
