@@ -260,3 +260,11 @@ def test_threads_of_one_process_do_not_lose_updates(tmp_path: Path) -> None:
     for t in threads:
         t.join()
     assert store.read().n == 100
+
+
+def test_a_folder_that_cannot_be_created_is_a_store_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    store = accounts_file(blocker / "sub" / "qwen-auth-accounts.json")
+    with pytest.raises(StoreError, match="cannot create"):
+        store.update(lambda f: f)

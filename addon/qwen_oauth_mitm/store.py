@@ -127,6 +127,11 @@ class JsonStateFile[M: BaseModel]:
         """Hold the cross-process lock (re-entrant within this object)."""
         try:
             ensure_private_dir(self.path.parent)
+        except OSError as e:
+            raise StoreError(
+                f"cannot create {self.path.parent}: {e.strerror or e}", path=self.path
+            ) from e
+        try:
             with self._thread_lock, self._lock:
                 yield
         except filelock.Timeout as e:
