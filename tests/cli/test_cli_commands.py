@@ -21,7 +21,6 @@ from qwen_oauth_mitm.cli.login import (
     merge_login,
     render_qr,
 )
-from qwen_oauth_mitm.cli.table import fallback_table
 from qwen_oauth_mitm.errors import QwenError
 from qwen_oauth_mitm.oauth.client import PollProgress
 from qwen_oauth_mitm.oauth.fake_server import FakeQwenOAuth
@@ -246,14 +245,6 @@ def test_accounts_table_shows_state_and_never_a_token(env: Env) -> None:
 def test_accounts_when_there_are_none(env: Env) -> None:
     assert cli(env, "accounts") == 0
     assert "qwen-oauth login" in out(env)
-
-
-def test_fallback_table_without_rotation() -> None:
-    accounts = AccountsFile(accounts=(_account("a"), _account("b", needs_relogin=True)))
-    text = fallback_table(accounts, time.time())
-    assert "needs re-login" in text
-    assert "secret-" not in text
-    assert fallback_table(AccountsFile(), 0).startswith("no accounts")
 
 
 # --- remove / disable / enable --------------------------------------------------------

@@ -13,11 +13,12 @@ from pydantic import SecretStr
 
 from qwen_oauth_mitm import redact
 from qwen_oauth_mitm.accounts import Account, AccountsFile, new_account_id
-from qwen_oauth_mitm.cli.common import Env, duration, find_account
+from qwen_oauth_mitm.cli.common import Env, find_account
 from qwen_oauth_mitm.cli.table import status_table
 from qwen_oauth_mitm.errors import AuthError, QwenError
 from qwen_oauth_mitm.oauth.errors import NeedsRelogin, relogin_command
 from qwen_oauth_mitm.oauth.tokens import TokenManager
+from qwen_oauth_mitm.rotation.status import format_duration
 
 DEFAULT_KEY_BASE_URL = "https://dashscope.aliyuncs.com/compatible-mode/v1"
 """Where an API key goes when neither ``--base-url`` nor ``base_url`` says (the
@@ -121,9 +122,8 @@ async def refresh(env: Env, ref: str | None) -> int:
                 env.out(f"{account.label}: refresh failed, try again later: {e}")
                 continue
             left = (fresh.expires_at or env.clock()) - env.clock()
-            env.out(
-                f"{account.label}: refreshed; the token is valid for {duration(left)}."
-            )
+            valid = format_duration(left)
+            env.out(f"{account.label}: refreshed; the token is valid for {valid}.")
     return 1 if failures else 0
 
 

@@ -80,13 +80,3 @@ def find_account(accounts: AccountsFile, ref: str) -> Account:
             f"no account {ref!r} (accounts: {known}); see `qwen-oauth accounts`"
         )
     return found
-
-
-def duration(seconds: float) -> str:
-    """``5h 59m``, ``4m 10s``, ``12s``."""
-    s = max(0, round(seconds))
-    if s >= 3600:
-        return f"{s // 3600}h {s % 3600 // 60:02d}m"
-    if s >= 60:
-        return f"{s // 60}m {s % 60:02d}s"
-    return f"{s}s"

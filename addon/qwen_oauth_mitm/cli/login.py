@@ -19,10 +19,11 @@ from pydantic import SecretStr
 
 from qwen_oauth_mitm import redact
 from qwen_oauth_mitm.accounts import Account, AccountsFile, new_account_id
-from qwen_oauth_mitm.cli.common import Env, duration
+from qwen_oauth_mitm.cli.common import Env
 from qwen_oauth_mitm.oauth.client import PollProgress, wait_for_token
 from qwen_oauth_mitm.oauth.protocol import DeviceAuthorization, TokenSet, make_pkce
 from qwen_oauth_mitm.oauth.tokens import apply_tokens
+from qwen_oauth_mitm.rotation.status import format_duration
 
 _TEXT_BROWSERS = frozenset({"www-browser", "links", "links2", "elinks", "lynx", "w3m"})
 
@@ -181,7 +182,7 @@ class Countdown:
                 self._drawn = True
         elif self._last_shown is None or self._last_shown - left >= 60:
             self._last_shown = left
-            self._env.out(f"Waiting for approval ({duration(left)} left)...")
+            self._env.out(f"Waiting for approval ({format_duration(left)} left)...")
 
     def _say(self, text: str) -> None:
         self.clear()
@@ -235,7 +236,7 @@ async def login(
         env.out(f"Note: {result.note}.")
     if account.expires_at is not None:
         env.out(
-            f"The token is valid for {duration(account.expires_at - now)}; "
+            f"The token is valid for {format_duration(account.expires_at - now)}; "
             "it is refreshed automatically."
         )
     count = len(written.accounts)
