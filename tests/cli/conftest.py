@@ -12,23 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from qwen_oauth_mitm import redact
 from qwen_oauth_mitm.cli.common import Env
 from qwen_oauth_mitm.config import Config
 from qwen_oauth_mitm.oauth.fake_server import FakeQwenOAuth
 from qwen_oauth_mitm.paths import StatePaths
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeQwenOAuth]:
-    with FakeQwenOAuth(interval=0.01, pending_polls=1) as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def _fresh_registry() -> Iterator[None]:
-    yield
-    redact.REGISTRY.clear()
 
 
 @pytest.fixture(autouse=True)
