@@ -13,10 +13,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "addon"))
 
+from qwen_oauth_mitm.config import RotationStrategy
 from qwen_oauth_mitm.rotation.bench import bench_pick
 
 SIZES = (10, 100, 1000)
-STRATEGIES = ("hybrid", "round-robin", "sequential")
+STRATEGIES: tuple[RotationStrategy, ...] = ("hybrid", "round-robin", "sequential")
 
 
 def main() -> None:
