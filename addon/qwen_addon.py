@@ -4,4 +4,6 @@ mitmproxy puts this file's folder on ``sys.path``, so the package beside it impo
 even when it is not installed.
 """
 
-addons: list[object] = []
+from qwen_oauth_mitm.proxy.addon import QwenAddon
+
+addons = [QwenAddon()]

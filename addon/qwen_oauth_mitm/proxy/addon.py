@@ -1,0 +1,388 @@
+"""The mitmproxy addon: ``mitmdump -s addon/qwen_addon.py``.
+
+A thin shell. Hooks:
+
+- ``load``/``configure``: the ``qwen_*`` options (see :mod:`.options`) are the top
+  config layer; a bad value is an ``OptionsError`` (mitmdump exits, saying why).
+- ``running``/``done``: start and stop the relay (:mod:`.relay`), the upstream
+  client, the token manager and the proactive refresh; save the tracker state.
+- ``request``: only flows to the Qwen API host(s) are touched (:mod:`.scope`).
+  ``GET /v1/models`` is answered here; ``POST /v1/responses`` is translated and
+  ``POST /v1/chat/completions`` kept, and both are rewritten to the relay, which
+  picks the account, swaps the token and fails over (:mod:`.forward`). Anything
+  else on those hosts gets a 404: a flow never reaches the real portal with the
+  client's own (dummy) key.
+- ``responseheaders``: relayed answers stream (``stream = True``), so events reach
+  the client as the relay produces them.
+- ``response``/``error``: ``flow.comment`` says which account served and what was
+  tried; failed flows are marked.
+
+Every hook catches its exceptions and answers with a Responses-shaped error:
+mitmproxy would otherwise log "Addon error" and let the flow through unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from mitmproxy import command, ctx, exceptions, http
+
+from qwen_oauth_mitm import redact
+from qwen_oauth_mitm.config import Config, load_config, parse_timezone
+from qwen_oauth_mitm.errors import ConfigError
+from qwen_oauth_mitm.oauth import OAuthClient, TokenManager
+from qwen_oauth_mitm.paths import StatePaths, default_paths
+from qwen_oauth_mitm.proxy import options
+from qwen_oauth_mitm.proxy.forward import Forwarder, make_http_client
+from qwen_oauth_mitm.proxy.jobs import MODELS_BODY, Job, error_body
+from qwen_oauth_mitm.proxy.relay import Relay, ResponseWriter
+from qwen_oauth_mitm.proxy.scope import is_intercepted
+from qwen_oauth_mitm.rotation import (
+    Rotation,
+    TrackerStore,
+    render_status_table,
+    tracker_file,
+)
+from qwen_oauth_mitm.store import accounts_file
+from qwen_oauth_mitm.tasks import spawn
+from qwen_oauth_mitm.translate import (
+    TranslationError,
+    chat_conversation_key,
+    conversation_key,
+    translate_request,
+)
+
+log = logging.getLogger("qwen_oauth_mitm.proxy")
+PACKAGE_LOGGER = logging.getLogger("qwen_oauth_mitm")
+PROACTIVE_INTERVAL = 60.0
+FAILED_MARK = ":x:"
+
+
+class QwenAddon:
+    """The addon object mitmproxy loads (one per process)."""
+
+    def __init__(self, paths: StatePaths | None = None) -> None:
+        self._paths = paths
+        self.config: Config | None = None
+        self.jobs: dict[str, Job] = {}
+        """Relayed flows by ``flow.id``, until their response or error hook."""
+        self.relay = Relay(self._serve_relay)
+        self.relay_port: int | None = None
+        self.forwarder: Forwarder | None = None
+        self._http: httpx.AsyncClient | None = None
+        self._oauth: OAuthClient | None = None
+        self._tracker: TrackerStore | None = None
+        self._background: list[asyncio.Task[Any]] = []
+        self._extra_handlers: list[logging.Handler] = []
+
+    @property
+    def paths(self) -> StatePaths:
+        if self._paths is None:
+            self._paths = default_paths()
+        return self._paths
+
+    # --- options ----------------------------------------------------------------
+
+    def load(self, loader: Any) -> None:
+        options.register(loader)
+
+    def configure(self, updated: set[str]) -> None:
+        if not any(name.startswith(options.PREFIX) for name in updated):
+            return
+        try:
+            loaded = load_config(
+                user_file=self.paths.user_config,
+                cwd=Path.cwd(),
+                options=options.set_options(ctx.options),
+            )
+        except ConfigError as e:
+            raise exceptions.OptionsError(str(e)) from None  # type: ignore[no-untyped-call]
+        for warning in loaded.warnings:
+            log.warning("%s", warning)
+        self.config = loaded.config
+        self._apply_logging(loaded.config)
+        if self.forwarder is not None:
+            self.forwarder.config = loaded.config
+            self.forwarder.rotation.reconfigure(loaded.config)
+            self.forwarder.tokens.refresh_window_seconds = (
+                loaded.config.refresh_window_seconds
+            )
+
+    def _apply_logging(self, cfg: Config) -> None:
+        level = logging.DEBUG if cfg.debug else logging.INFO
+        PACKAGE_LOGGER.setLevel(logging.WARNING if cfg.quiet_mode else level)
+        for handler in self._extra_handlers:
+            PACKAGE_LOGGER.removeHandler(handler)
+            handler.close()
+        self._extra_handlers = []
+        flt = redact.RedactingFilter()
+        fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        if cfg.debug:
+            # mitmproxy's terminal log shows info and up; debug lines go to stderr.
+            debug = logging.StreamHandler(sys.stderr)
+            debug.addFilter(lambda record: record.levelno < logging.INFO)
+            self._extra_handlers.append(debug)
+        if cfg.log_file:
+            self._extra_handlers.append(
+                logging.FileHandler(cfg.log_file, encoding="utf-8")
+            )
+        for handler in self._extra_handlers:
+            handler.addFilter(flt)
+            handler.setFormatter(fmt)
+            PACKAGE_LOGGER.addHandler(handler)
+
+    # --- lifecycle --------------------------------------------------------------
+
+    async def running(self) -> None:
+        redact.install_redaction()
+        cfg = self._config()
+        paths = self.paths
+        self._tracker = TrackerStore(tracker_file(paths.tracker_state))
+        rotation = Rotation(cfg, self._tracker.load(), pid=os.getpid())
+        self._oauth = OAuthClient(
+            cfg.oauth_base_url,
+            cfg.client_id,
+            timeout=cfg.timeouts.refresh_seconds,
+            user_agent=cfg.upstream_headers.user_agent,
+            trust_env=False,
+        )
+        tokens = TokenManager(
+            accounts_file(paths.accounts),
+            self._oauth,
+            refresh_window_seconds=cfg.refresh_window_seconds,
+        )
+        self._http = make_http_client(cfg)
+        self.forwarder = Forwarder(cfg, rotation, tokens, self._tracker, self._http)
+        self.relay_port = await self.relay.start()
+        log.info("qwen relay listening on 127.0.0.1:%d", self.relay_port)
+        if cfg.proactive_refresh:
+            self._background.append(
+                spawn(self._proactive_refresh(), name="qwen proactive refresh")
+            )
+
+    async def done(self) -> None:
+        for task in self._background:
+            task.cancel()
+        for task in self._background:
+            with contextlib.suppress(BaseException):
+                await task
+        self._background = []
+        await self.relay.stop()
+        self.relay_port = None
+        if self.forwarder is not None and self._tracker is not None:
+            self._tracker.save(self.forwarder.rotation)
+        if self._http is not None:
+            await self._http.aclose()
+        if self._oauth is not None:
+            await self._oauth.aclose()
+        for handler in self._extra_handlers:
+            PACKAGE_LOGGER.removeHandler(handler)
+            handler.close()
+        self._extra_handlers = []
+
+    def _config(self) -> Config:
+        if self.config is None:  # configure always runs first under mitmproxy
+            self.config = Config()
+        return self.config
+
+    async def _proactive_refresh(self) -> None:
+        while True:
+            await self._refresh_all(force=False)
+            await asyncio.sleep(PROACTIVE_INTERVAL)
+
+    async def _refresh_all(self, *, force: bool) -> None:
+        if self.forwarder is None:
+            return
+        tokens = self.forwarder.tokens
+        try:
+            accounts = (await tokens.accounts()).accounts
+        except Exception as e:
+            log.warning("cannot read the accounts: %s", e)
+            return
+        for account in accounts:
+            if account.kind != "oauth" or account.disabled or account.needs_relogin:
+                continue
+            try:
+                await tokens.ensure_fresh(account.id, force=force)
+            except Exception as e:  # logged by the token manager too
+                log.debug("refresh of %s failed: %s", account.label, e)
+
+    # --- hooks ------------------------------------------------------------------
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None or flow.error is not None:
+            return
+        cfg = self._config()
+        req = flow.request
+        if not (
+            is_intercepted(req.host, req.port, cfg)
+            or is_intercepted(req.pretty_host, req.port, cfg)
+        ):
+            return  # not ours: byte-for-byte, its own Authorization kept
+        try:
+            self._route(flow)
+        except Exception as e:
+            log.exception("flow %s: cannot handle the request", flow.id)
+            self._reply(flow, 502, error_body(f"Proxy error: {redact.redact(str(e))}"))
+
+    def _route(self, flow: http.HTTPFlow) -> None:
+        req = flow.request
+        path = req.path.split("?", 1)[0].rstrip("/")
+        if req.method == "GET" and path == "/v1/models":
+            self._reply(flow, 200, MODELS_BODY, failed=False)
+            flow.comment = "qwen · models (answered by the proxy)"
+            return
+        if req.method != "POST" or path not in (
+            "/v1/responses",
+            "/v1/chat/completions",
+        ):
+            message = f"{req.method} {path} is not served by the Qwen proxy."
+            body = error_body(
+                message, code="not_found", error_type="invalid_request_error"
+            )
+            self._reply(flow, 404, body)
+            return
+        try:
+            body = json.loads(req.get_content(strict=False) or b"")
+        except ValueError as e:
+            message = f"The request body is not valid JSON: {e}"
+            self._reply(
+                flow, 400, TranslationError(message, code="invalid_json").body_bytes()
+            )
+            return
+        try:
+            job = self._job(flow.id, path, body)
+        except TranslationError as e:
+            self._reply(flow, e.status, e.body_bytes())
+            return
+        if self.relay_port is None:
+            self._reply(flow, 503, error_body("The Qwen proxy is not running yet."))
+            return
+        self.jobs[flow.id] = job
+        flow.metadata["qwen"] = {"kind": job.kind, "stream": job.stream}
+        if job.kind == "responses":
+            flow.metadata["qwen"]["responses_request"] = body
+        # Scheme first: the host/port setters then write a matching Host header.
+        req.scheme = "http"
+        req.host = "127.0.0.1"
+        req.port = self.relay_port
+        req.path = f"/{flow.id}"
+        for name in ("authorization", "cookie", "proxy-authorization"):
+            req.headers.pop(name, None)
+        flow.comment = f"qwen · {job.kind} · relayed"
+
+    def _job(self, flow_id: str, path: str, body: object) -> Job:
+        if path == "/v1/responses":
+            translated = translate_request(body)
+            return Job(
+                flow_id,
+                "responses",
+                translated.chat,
+                translated,
+                conversation_key(body),
+                translated.stream,
+            )
+        if not isinstance(body, dict):
+            raise TranslationError("The request body must be a JSON object.")
+        return Job(
+            flow_id,
+            "chat",
+            body,
+            None,
+            chat_conversation_key(body),
+            bool(body.get("stream")),
+        )
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        try:
+            if flow.id in self.jobs and flow.response is not None:
+                flow.response.stream = True  # the relay wrote the final bytes
+        except Exception:
+            log.exception("flow %s: responseheaders", flow.id)
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        try:
+            job = self.jobs.pop(flow.id, None)
+            if job is None:
+                return
+            flow.comment = job.comment()
+            if job.failed:
+                flow.marked = FAILED_MARK
+            meta = flow.metadata.setdefault("qwen", {})
+            meta["attempts"] = [[a.label, a.outcome] for a in job.attempts]
+            meta["served_by"] = job.served_by
+        except Exception:
+            log.exception("flow %s: response", flow.id)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        try:
+            job = self.jobs.pop(flow.id, None)
+            if job is None:
+                return
+            flow.comment = job.comment() + " · stream cut"
+            flow.marked = FAILED_MARK
+        except Exception:
+            log.exception("flow %s: error", flow.id)
+
+    def _reply(
+        self, flow: http.HTTPFlow, status: int, body: bytes, *, failed: bool = True
+    ) -> None:
+        flow.response = http.Response.make(
+            status, body, {"Content-Type": "application/json"}
+        )
+        if failed:
+            flow.marked = FAILED_MARK
+            flow.comment = f"qwen · answered {status} by the proxy"
+            log.warning("flow %s: answered %d by the proxy", flow.id, status)
+
+    # --- the relay ----------------------------------------------------------------
+
+    async def _serve_relay(self, path: str, out: ResponseWriter) -> None:
+        job = self.jobs.get(path.lstrip("/"))
+        if job is None or job.status is not None or self.forwarder is None:
+            await out.answer(404, error_body("Unknown relay request."))
+            return
+        job.status = 0  # taken: the same path is served once
+        await self.forwarder.serve(job, out)
+
+    # --- commands -----------------------------------------------------------------
+
+    @command.command("qwen.accounts")  # type: ignore[untyped-decorator]
+    def accounts_command(self) -> None:
+        """Log each account's state (rotation table)."""
+        spawn(self._log_accounts(), name="qwen.accounts")
+
+    @command.command("qwen.refresh")  # type: ignore[untyped-decorator]
+    def refresh_command(self) -> None:
+        """Refresh every OAuth account's token now."""
+        spawn(self._refresh_all(force=True), name="qwen.refresh")
+
+    @command.command("qwen.reload")  # type: ignore[untyped-decorator]
+    def reload_command(self) -> None:
+        """Re-read the config files and the accounts file."""
+        self.configure({options.PREFIX + "reload"})
+        spawn(self._log_accounts(), name="qwen.reload")
+
+    async def _log_accounts(self) -> None:
+        try:
+            if self.forwarder is None:
+                log.info("the Qwen proxy is not running yet")
+                return
+            accounts = list((await self.forwarder.tokens.accounts()).accounts)
+            now = time.time()
+            tz = parse_timezone(self.forwarder.config.quota_reset_timezone)
+            statuses = self.forwarder.rotation.status(accounts, now)
+            log.info(
+                "Qwen accounts:\n%s", render_status_table(statuses, accounts, now, tz)
+            )
+        except Exception:
+            log.exception("cannot list the accounts")

@@ -1,0 +1,363 @@
+"""Serving one relayed request: pick an account, swap the token, send, fail over.
+
+The loop, per request:
+
+1. :meth:`Rotation.pick` (with the conversation key). Nothing usable: wait up to
+   ``max_rate_limit_wait_seconds`` (0: no limit) for the earliest account, else
+   answer 429 with ``Retry-After`` and every account's state.
+2. A fresh token from :class:`TokenManager` (single-flight refresh). An account
+   that needs a re-login, whose refresh failed, or whose API base is not an
+   allowed host is skipped for this request.
+3. ``POST {api base}/chat/completions`` with our own headers (never the client's
+   Authorization, cookies or SDK fingerprint).
+4. 429/quota: the account cools down, the next one is tried. 401: one refresh and
+   one retry on the same account. 5xx or a connection error (nothing sent to the
+   client yet): fail over once. Other errors go to the client.
+5. 200: streamed (translated by :class:`StreamTranslator` for Responses requests,
+   passed through for chat) chunk by chunk; or translated whole.
+
+Once the first byte went to the client, nothing is retried: an upstream that dies
+mid-stream gives the Responses client ``error`` + ``response.failed`` (the
+translator sees the end of a stream without a finish), a chat client a cut
+chunked body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+
+import httpx
+
+from qwen_oauth_mitm import redact
+from qwen_oauth_mitm.accounts import Account
+from qwen_oauth_mitm.config import Config, parse_timezone
+from qwen_oauth_mitm.errors import QwenError
+from qwen_oauth_mitm.oauth import NeedsRelogin, TokenManager
+from qwen_oauth_mitm.proxy.jobs import Attempt, Job, error_body
+from qwen_oauth_mitm.proxy.relay import ResponseWriter
+from qwen_oauth_mitm.proxy.scope import DisallowedHost, api_base
+from qwen_oauth_mitm.rotation import (
+    AllUnavailable,
+    Pick,
+    Rotation,
+    TrackerStore,
+    classify_error,
+    wait_before_retry,
+)
+from qwen_oauth_mitm.translate import (
+    StreamTranslator,
+    TranslationError,
+    random_ids,
+    translate_response,
+    upstream_error_body,
+)
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+
+def upstream_headers(config: Config, token: str, *, stream: bool) -> dict[str, str]:
+    """What the official Qwen Code CLI sends, plus our token."""
+    h = config.upstream_headers
+    return {
+        "Authorization": f"Bearer {token}",
+        "Content-Type": "application/json",
+        "Accept": "text/event-stream" if stream else "application/json",
+        "Accept-Encoding": "identity",
+        "User-Agent": h.user_agent,
+        "X-DashScope-UserAgent": h.user_agent,
+        "X-DashScope-CacheControl": h.dashscope_cache_control,
+        "X-DashScope-AuthType": h.dashscope_auth_type,
+    }
+
+
+def make_http_client(config: Config) -> httpx.AsyncClient:
+    """The one client for upstream requests. ``trust_env=False``: HTTPS_PROXY may
+    point at this very proxy."""
+    t = config.timeouts
+    read = max(t.first_byte_seconds, t.between_chunks_seconds)
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(
+            connect=t.connect_seconds, read=read, write=t.connect_seconds, pool=None
+        ),
+        trust_env=False,
+        follow_redirects=False,
+    )
+
+
+class Forwarder:
+    """Serves relayed jobs; owns nothing but references (the addon owns them)."""
+
+    def __init__(
+        self,
+        config: Config,
+        rotation: Rotation,
+        tokens: TokenManager,
+        tracker: TrackerStore | None,
+        http: httpx.AsyncClient,
+        *,
+        clock: Clock = time.time,
+    ) -> None:
+        self.config = config
+        self.rotation = rotation
+        self.tokens = tokens
+        self.tracker = tracker
+        self.http = http
+        self.clock = clock
+        self._signature: object = None
+
+    async def _accounts(self) -> list[Account]:
+        accounts = list((await self.tokens.accounts()).accounts)
+        signature = self.tokens.store.signature()
+        if signature != self._signature:
+            self._signature = signature
+            self.rotation.prune(accounts)
+        return accounts
+
+    def _save(self) -> None:
+        if self.tracker is not None:
+            self.tracker.maybe_save(self.rotation, time.monotonic())
+
+    async def serve(self, job: Job, out: ResponseWriter) -> None:
+        try:
+            await self._serve(job, out)
+        except Exception as e:
+            log.exception("flow %s: proxy error", job.flow_id)
+            await self._fail(job, out, 502, f"Proxy error: {redact.redact(str(e))}")
+        finally:
+            self._save()
+
+    async def _serve(self, job: Job, out: ResponseWriter) -> None:
+        cfg = self.config
+        skip: set[str] = set()  # failed for this request, for reasons beyond cooldown
+        pinned: str | None = None  # retry after a 401 on the same account
+        auth_retried: set[str] = set()
+        failed_over = False
+        waited = 0.0
+        last: tuple[int, bytes] | None = None
+        for _ in range(64):  # a bound, should the upstream answer 429s of 0 s
+            accounts = await self._accounts()
+            now = self.clock()
+            pool = [a for a in accounts if a.id == pinned] if pinned else accounts
+            pick = self.rotation.pick(
+                pool, now, conversation_key=job.conversation_key, exclude=skip
+            )
+            if isinstance(pick, AllUnavailable):
+                if pinned:
+                    pinned = None
+                    continue
+                delay = wait_before_retry(
+                    pick, now, waited=waited, max_wait=cfg.max_rate_limit_wait_seconds
+                )
+                if delay is None:
+                    await self._unavailable(job, out, pick, now, last)
+                    return
+                log.info("all accounts are cooling down; waiting %.1f s", delay)
+                await asyncio.sleep(delay + 0.05)
+                waited += delay + 0.05
+                continue
+            pinned = None
+            account = pick.account
+            token = await self._token(job, pick, skip)
+            if token is None:
+                continue
+            try:
+                base = api_base(account, cfg)
+            except DisallowedHost as e:
+                log.error("%s", e)
+                self.rotation.release(pick, self.clock())
+                job.attempts.append(Attempt(account.label, "refused host"))
+                skip.add(account.id)
+                last = (502, error_body(str(e)))
+                continue
+            url = f"{base}/chat/completions"
+            request = self.http.build_request(
+                "POST",
+                url,
+                content=json.dumps(job.chat_body, separators=(",", ":")).encode(),
+                headers=upstream_headers(cfg, token, stream=job.stream),
+            )
+            try:
+                response = await self.http.send(request, stream=True)
+            except httpx.HTTPError as e:
+                log.warning("account %s: %s: %s", account.label, type(e).__name__, e)
+                self.rotation.record_failure(
+                    pick, self.clock(), account_fault=False, detail=type(e).__name__
+                )
+                job.attempts.append(Attempt(account.label, "connect error"))
+                last = (502, error_body(f"The upstream could not be reached: {e}"))
+                if failed_over:
+                    break
+                failed_over = True
+                skip.add(account.id)
+                continue
+            if response.status_code == 200:
+                job.attempts.append(Attempt(account.label, "200"))
+                self.rotation.record_success(pick, self.clock())
+                job.served_by = account.label
+                await self._relay_answer(job, response, out)
+                return
+            body = await response.aread()
+            await response.aclose()
+            job.attempts.append(Attempt(account.label, str(response.status_code)))
+            now = self.clock()
+            verdict = classify_error(
+                response.status_code,
+                response.headers,
+                body,
+                now=now,
+                reset_tz=parse_timezone(cfg.quota_reset_timezone),
+                default_cooldown=cfg.default_cooldown_seconds,
+            )
+            self.rotation.record(pick, verdict, now)
+            log.warning("account %s: upstream %s", account.label, verdict.detail)
+            last = (response.status_code, body)
+            if verdict.kind in ("quota", "rate_limit"):
+                continue
+            if verdict.kind == "auth":
+                skip.add(account.id)  # unless the one refresh below works
+                if account.id in auth_retried:
+                    continue
+                auth_retried.add(account.id)
+                try:
+                    await self.tokens.after_unauthorized(account.id, token)
+                except (QwenError, OSError) as e:
+                    log.warning(
+                        "account %s: refresh after 401 failed: %s", account.label, e
+                    )
+                    continue
+                skip.discard(account.id)
+                pinned = account.id
+                continue
+            if verdict.kind == "upstream" and not failed_over:
+                failed_over = True
+                skip.add(account.id)
+                continue
+            if verdict.kind == "account":
+                skip.add(account.id)
+                continue
+            break
+        status, body = last or (502, error_body("No account could serve the request."))
+        await self._upstream_error(job, out, status, body)
+
+    async def _token(self, job: Job, pick: Pick, skip: set[str]) -> str | None:
+        account = pick.account
+        try:
+            return await self.tokens.access_token(account.id)
+        except NeedsRelogin:
+            outcome = "needs re-login"
+        except (QwenError, OSError) as e:
+            log.warning("account %s: no token: %s", account.label, e)
+            outcome = "refresh failed"
+        self.rotation.release(pick, self.clock())
+        job.attempts.append(Attempt(account.label, outcome))
+        skip.add(account.id)
+        return None
+
+    async def _relay_answer(
+        self, job: Job, response: httpx.Response, out: ResponseWriter
+    ) -> None:
+        try:
+            if job.stream:
+                await self._stream(job, response, out)
+            else:
+                body = await response.aread()
+                await self._whole(job, response, body, out)
+        finally:
+            await response.aclose()
+
+    async def _stream(
+        self, job: Job, response: httpx.Response, out: ResponseWriter
+    ) -> None:
+        headers = [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache")]
+        job.status = 200
+        await out.start(200, headers, chunked=True)
+        translator = (
+            StreamTranslator(job.translated, now=self.clock())
+            if job.translated is not None
+            else None
+        )
+        try:
+            async for chunk in response.aiter_raw():
+                data = b"".join(translator.feed(chunk)) if translator else chunk
+                await out.write(data)
+        except httpx.HTTPError as e:
+            log.warning("flow %s: upstream stream broke: %s", job.flow_id, e)
+            job.failed, job.error = True, f"upstream stream broke ({type(e).__name__})"
+            if translator is None:
+                return  # no last chunk: mitmproxy sees a cut stream
+        if translator is not None:
+            await out.write(b"".join(translator.finish()))
+            outcome = translator.outcome
+            if outcome.failure is not None:
+                job.failed = True
+                job.error = job.error or outcome.error_message
+        await out.end()
+
+    async def _whole(
+        self, job: Job, response: httpx.Response, body: bytes, out: ResponseWriter
+    ) -> None:
+        if job.translated is None:
+            job.status = 200
+            ctype = response.headers.get("content-type", "application/json")
+            await out.answer(200, body, ctype)
+            return
+        try:
+            result = translate_response(
+                body, job.translated, ids=random_ids, now=self.clock()
+            )
+        except TranslationError as e:
+            await self._fail(job, out, e.status, e.message, e.body_bytes())
+            return
+        job.status = 200
+        await out.answer(200, json.dumps(result, separators=(",", ":")).encode())
+
+    async def _unavailable(
+        self,
+        job: Job,
+        out: ResponseWriter,
+        result: AllUnavailable,
+        now: float,
+        last: tuple[int, bytes] | None,
+    ) -> None:
+        tz = parse_timezone(self.config.quota_reset_timezone)
+        message = result.message(now, tz)
+        retry = result.retry_after_seconds(now)
+        if retry is None and last is not None and last[0] != 429:
+            await self._upstream_error(job, out, *last)
+            return
+        extra = [("Retry-After", str(retry))] if retry is not None else []
+        body = error_body(message, code="rate_limit_exceeded", error_type="rate_limit")
+        job.failed, job.error, job.status = True, message, 429
+        log.warning("flow %s: %s", job.flow_id, message)
+        if not out.started:
+            await out.answer(429, body, extra=extra)
+
+    async def _upstream_error(
+        self, job: Job, out: ResponseWriter, status: int, body: bytes
+    ) -> None:
+        if job.kind == "responses":
+            payload = json.dumps(upstream_error_body(status, body)).encode()
+        else:
+            payload = body
+        job.failed, job.status = True, status
+        job.error = job.error or f"upstream answered {status}"
+        if not out.started:
+            await out.answer(status, payload)
+
+    async def _fail(
+        self,
+        job: Job,
+        out: ResponseWriter,
+        status: int,
+        message: str,
+        body: bytes | None = None,
+    ) -> None:
+        job.failed, job.error, job.status = True, message, status
+        if not out.started:
+            await out.answer(status, body or error_body(message))

@@ -1,0 +1,94 @@
+"""One relayed request: what the ``request`` hook hands the relay, and what the
+relay reports back to the ``response`` hook (plain data, no mitmproxy).
+
+Also the Responses-shaped error bodies every failure becomes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from qwen_oauth_mitm.translate import TranslatedRequest
+
+Kind = Literal["responses", "chat"]
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One try of one account: its label and what came of it."""
+
+    label: str
+    outcome: str
+    """An HTTP status (``"429"``), or a word: ``"connect error"``, ``"relogin"``…"""
+
+
+@dataclass
+class Job:
+    """A request waiting for (or being served by) the relay."""
+
+    flow_id: str
+    kind: Kind
+    chat_body: dict[str, Any]
+    """The Chat Completions body to send upstream."""
+    translated: TranslatedRequest | None
+    """For ``responses`` jobs: the translation (the answer is translated back)."""
+    conversation_key: str | None
+    stream: bool
+    attempts: list[Attempt] = field(default_factory=list)
+    served_by: str | None = None
+    """Label of the account whose answer the client got."""
+    status: int | None = None
+    """Status the client got."""
+    failed: bool = False
+    error: str | None = None
+    """Why the client got an error (never a token)."""
+
+    def comment(self) -> str:
+        """The mitmweb comment, e.g. ``qwen · acct work · responses→chat ·
+        failover from acct home (429)``."""
+        route = "responses→chat" if self.kind == "responses" else "chat"
+        parts = ["qwen"]
+        if self.served_by:
+            parts.append(f"acct {self.served_by}")
+        parts.append(route)
+        earlier = [
+            a
+            for a in self.attempts
+            if not (a.label == self.served_by and a.outcome == "200")
+        ]
+        if earlier:
+            tried = ", ".join(f"acct {a.label} ({a.outcome})" for a in earlier)
+            parts.append(
+                f"failover from {tried}" if self.served_by else f"tried {tried}"
+            )
+        if self.failed and self.error:
+            parts.append(f"failed: {self.error[:120]}")
+        return " · ".join(parts)
+
+
+def error_body(
+    message: str,
+    *,
+    code: str | None = None,
+    error_type: str = "server_error",
+    param: str | None = None,
+) -> bytes:
+    """``{"error": {message, type, param, code}}`` as compact JSON bytes."""
+    body = {
+        "error": {"message": message, "type": error_type, "param": param, "code": code}
+    }
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+MODELS_BODY = json.dumps(
+    {
+        "object": "list",
+        "data": [
+            {"id": "coder-model", "object": "model", "created": 0, "owned_by": "qwen"}
+        ],
+    },
+    separators=(",", ":"),
+).encode()
+"""The answer to ``GET /v1/models``."""

@@ -1,0 +1,183 @@
+"""The addon's hooks under mitmproxy's test context (no network)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from mitmproxy import exceptions, http
+from mitmproxy.test import taddons, tflow, tutils
+
+from qwen_oauth_mitm.paths import StatePaths
+from qwen_oauth_mitm.proxy.addon import QwenAddon
+
+
+def _flow(
+    host: str = "portal.qwen.ai",
+    path: str = "/v1/responses",
+    body: bytes = b"",
+    method: str = "POST",
+    authorization: str = "Bearer dummy",
+) -> http.HTTPFlow:
+    headers = http.Headers(
+        host=host,
+        authorization=authorization,
+        cookie="c=1",
+        content_type="application/json",
+        content_length=str(len(body)),
+    )
+    req = tutils.treq(
+        host=host,
+        port=443,
+        scheme=b"https",
+        method=method.encode(),
+        path=path.encode(),
+        headers=headers,
+        content=body,
+    )
+    return tflow.tflow(req=req)
+
+
+@pytest.fixture
+def addon(tmp_path: Path) -> QwenAddon:
+    return QwenAddon(StatePaths(tmp_path / "opencode"))
+
+
+@pytest.fixture
+async def running(addon: QwenAddon) -> AsyncIterator[QwenAddon]:
+    with taddons.context(addon) as tctx:  # type: ignore[no-untyped-call]
+        tctx.configure(addon, qwen_proactive_refresh="false")
+        await addon.running()
+        try:
+            yield addon
+        finally:
+            await addon.done()
+
+
+def _error(flow: http.HTTPFlow) -> dict[str, object]:
+    assert flow.response is not None
+    err = json.loads(flow.response.content or b"")["error"]
+    assert isinstance(err, dict)
+    return err
+
+
+class TestOptions:
+    async def test_every_config_key_is_an_option(self, addon: QwenAddon) -> None:
+        with taddons.context(addon) as tctx:  # type: ignore[no-untyped-call]
+            assert tctx.options.qwen_rotation_strategy is None
+            assert tctx.options.qwen_health_score_initial is None
+            assert tctx.options.qwen_timeouts_connect_seconds is None
+            tctx.configure(
+                addon,
+                qwen_health_score_initial=90,
+                qwen_timeouts_connect_seconds="2.5",
+                qwen_quiet_mode="yes",
+            )
+            assert addon.config is not None
+            assert addon.config.health_score.initial == 90
+            assert addon.config.timeouts.connect_seconds == 2.5
+            assert addon.config.quiet_mode is True
+
+    async def test_a_bad_value_is_an_options_error(self, addon: QwenAddon) -> None:
+        with taddons.context(addon) as tctx:  # type: ignore[no-untyped-call]
+            with pytest.raises(exceptions.OptionsError, match="rotation_strategy"):
+                tctx.configure(addon, qwen_rotation_strategy="bogus")
+            with pytest.raises(exceptions.OptionsError, match="expected a number"):
+                tctx.configure(addon, qwen_timeouts_connect_seconds="soon")
+
+
+class TestScope:
+    async def test_other_hosts_pass_through_untouched(self, running: QwenAddon) -> None:
+        f = _flow(host="example.com", body=b"{not json")
+        before = f.request.get_state()  # type: ignore[no-untyped-call]
+        await running.request(f)
+        assert f.response is None
+        after = f.request.get_state()  # type: ignore[no-untyped-call]
+        assert after == before
+        assert f.request.headers["authorization"] == "Bearer dummy"
+
+    async def test_other_paths_on_the_portal_get_404(self, running: QwenAddon) -> None:
+        f = _flow(path="/v1/files", method="GET")
+        await running.request(f)
+        assert f.response is not None
+        assert f.response.status_code == 404
+        assert f.marked
+
+    async def test_models_are_answered_locally(self, running: QwenAddon) -> None:
+        f = _flow(path="/v1/models", method="GET")
+        await running.request(f)
+        assert f.response is not None
+        assert f.response.status_code == 200
+        ids = [m["id"] for m in json.loads(f.response.content or b"")["data"]]
+        assert ids == ["coder-model"]
+
+
+class TestBadRequests:
+    async def test_malformed_json_is_400(self, running: QwenAddon) -> None:
+        f = _flow(body=b"{not json")
+        await running.request(f)
+        assert f.response is not None
+        assert f.response.status_code == 400
+        assert "not valid JSON" in str(_error(f)["message"])
+        assert f.request.host == "portal.qwen.ai"
+        assert running.jobs == {}
+
+    async def test_untranslatable_body_is_400(self, running: QwenAddon) -> None:
+        f = _flow(body=json.dumps({"model": "coder-model"}).encode())
+        await running.request(f)
+        assert f.response is not None
+        assert f.response.status_code == 400
+        assert _error(f)["param"] == "input"
+
+    async def test_chat_body_must_be_an_object(self, running: QwenAddon) -> None:
+        f = _flow(path="/v1/chat/completions", body=b"[1]")
+        await running.request(f)
+        assert f.response is not None
+        assert f.response.status_code == 400
+
+
+class TestRelayRewrite:
+    async def test_responses_request_goes_to_the_relay(
+        self, running: QwenAddon
+    ) -> None:
+        body = {"model": "coder-model", "input": "hi", "stream": True}
+        f = _flow(body=json.dumps(body).encode())
+        await running.request(f)
+        assert f.response is None
+        assert (f.request.scheme, f.request.host) == ("http", "127.0.0.1")
+        assert f.request.port == running.relay_port
+        assert f.request.path == f"/{f.id}"
+        assert "authorization" not in f.request.headers
+        assert "cookie" not in f.request.headers
+        job = running.jobs[f.id]
+        assert job.kind == "responses"
+        assert job.stream
+        assert job.chat_body["messages"] == [{"role": "user", "content": "hi"}]
+        assert f.metadata["qwen"]["responses_request"] == body
+
+    async def test_streaming_is_switched_on_for_relayed_flows(
+        self, running: QwenAddon
+    ) -> None:
+        f = _flow(path="/v1/chat/completions", body=b'{"model":"m","messages":[]}')
+        await running.request(f)
+        f.response = tutils.tresp()
+        running.responseheaders(f)
+        assert f.response.stream is True
+        running.response(f)
+        assert f.id not in running.jobs
+        assert f.comment.startswith("qwen")
+
+    async def test_a_hook_failure_answers_instead_of_passing_through(
+        self, running: QwenAddon, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        def boom(*_: object) -> None:
+            raise RuntimeError("kaputt")
+
+        monkeypatch.setattr(running, "_route", boom)
+        f = _flow(body=b"{}")
+        await running.request(f)
+        assert f.response is not None
+        assert f.response.status_code == 502
+        assert f.marked
