@@ -13,9 +13,8 @@ from qwen_oauth_mitm.proxy.scope import DisallowedHost, api_base, is_intercepted
 
 def _account(**fields: str) -> Account:
     now = time.time()
-    return Account(
-        id="acct_a", label="a", kind="oauth", added_at=now, updated_at=now, **fields
-    )
+    base = {"id": "acct_a", "label": "a", "kind": "oauth"}
+    return Account.model_validate(base | fields | {"added_at": now, "updated_at": now})
 
 
 @pytest.mark.parametrize(
