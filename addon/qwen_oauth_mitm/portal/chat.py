@@ -1,0 +1,349 @@
+"""A fake Qwen chat endpoint on 127.0.0.1: ``POST .../chat/completions``.
+
+Answers like the portal: a ``chat.completion`` or an SSE stream of
+``chat.completion.chunk`` events ending with a usage chunk and ``[DONE]``. The
+reply is text (``text``), an image remark when the last user message holds an
+image, or a tool call of the first tool when tools are offered and the last
+message is not a tool result.
+
+Tokens: ``Authorization: Bearer <t>`` is accepted when ``t`` is one of ``keys`` or a
+live access token of the linked :class:`FakeQwenOAuth`; otherwise a 401 in the
+portal's shape. Faults are queued per token with :meth:`FakePortal.script` and used
+one per request, in order:
+
+- ``Fault("429", retry_after=2)``: throttled (``Retry-After`` header if given);
+- ``Fault("quota")``: 429 ``insufficient_quota``;
+- ``Fault("401")``: ``invalid_api_key``, even for a good token;
+- ``Fault("500")``: a server error;
+- ``Fault("drop", after_chunks=2)``: a stream cut (connection closed) mid-way;
+- ``Fault("slow", delay=0.3)``: a stream with pauses between chunks.
+
+Readable: ``requests`` (every request: token, status, body, headers) and
+:meth:`statuses`. Runs in a background thread; use as a context manager.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any, Literal, Self
+
+from qwen_oauth_mitm.oauth.fake_server import FakeQwenOAuth
+
+FaultKind = Literal["429", "quota", "401", "500", "drop", "slow"]
+
+
+@dataclass(frozen=True)
+class Fault:
+    kind: FaultKind
+    retry_after: float | None = None
+    after_chunks: int = 2
+    delay: float = 0.3
+
+
+@dataclass(frozen=True)
+class PortalRequest:
+    token: str
+    status: int
+    body: Mapping[str, Any]
+    headers: Mapping[str, str]
+
+
+@dataclass
+class _Answer:
+    status: int
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    stream: list[bytes] | None = None
+    delay: float = 0.0
+    drop_after: int | None = None
+
+
+class FakePortal:
+    """A stand-in Qwen chat API; see the module docstring."""
+
+    def __init__(
+        self,
+        oauth: FakeQwenOAuth | None = None,
+        *,
+        keys: Iterable[str] = (),
+        text: str = "Hello from the fake Qwen portal.",
+        chunk_delay: float = 0.0,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        self.oauth = oauth
+        self.keys = set(keys)
+        self.text = text
+        self.chunk_delay = chunk_delay
+        self.requests: list[PortalRequest] = []
+        self._faults: dict[str, list[Fault]] = {}
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer((host, port), _make_handler(self))
+        self._server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        """The API base, ``http://127.0.0.1:PORT/v1``."""
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}/v1"
+
+    def start(self) -> Self:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._server.serve_forever,
+                kwargs={"poll_interval": 0.05},
+                name="fake-qwen-portal",
+                daemon=True,
+            )
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join()
+            self._thread = None
+        self._server.server_close()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # --- control and reading ----------------------------------------------------
+
+    def script(self, token: str, *faults: Fault) -> None:
+        """Queue faults for the next requests made with ``token``."""
+        with self._lock:
+            self._faults.setdefault(token, []).extend(faults)
+
+    def statuses(self, token: str | None = None) -> list[int]:
+        with self._lock:
+            return [r.status for r in self.requests if token in (None, r.token)]
+
+    # --- answering --------------------------------------------------------------
+
+    def answer(self, token: str, body: Any, headers: dict[str, str]) -> _Answer:
+        with self._lock:
+            queue = self._faults.get(token)
+            fault = queue.pop(0) if queue else None
+        result = self._answer(token, body, fault)
+        with self._lock:
+            self.requests.append(
+                PortalRequest(
+                    token,
+                    result.status,
+                    body if isinstance(body, dict) else {},
+                    headers,
+                )
+            )
+        return result
+
+    def _answer(self, token: str, body: Any, fault: Fault | None) -> _Answer:
+        kind = fault.kind if fault else None
+        if kind == "401" or not self._valid(token):
+            return _error(
+                401, "invalid_api_key", "invalid access token or token expired"
+            )
+        if kind == "429":
+            answer = _error(429, "Throttling", "Requests throttling triggered.")
+            if fault and fault.retry_after is not None:
+                answer.headers["Retry-After"] = f"{fault.retry_after:g}"
+            return answer
+        if kind == "quota":
+            return _error(429, "insufficient_quota", "Free allocated quota exceeded.")
+        if kind == "500":
+            return _error(500, "InternalError", "Internal server error.")
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+            return _error(400, "invalid_request_error", "messages is required")
+        message, finish = _reply(body, self.text)
+        model = str(body.get("model") or "coder-model")
+        if not body.get("stream"):
+            return _Answer(
+                200,
+                json.dumps(_completion(model, message, finish)).encode(),
+                {"Content-Type": "application/json"},
+            )
+        delay = fault.delay if fault and kind == "slow" else self.chunk_delay
+        return _Answer(
+            200,
+            headers={"Content-Type": "text/event-stream"},
+            stream=_chunks(model, message, finish),
+            delay=delay,
+            drop_after=fault.after_chunks if fault and kind == "drop" else None,
+        )
+
+    def _valid(self, token: str) -> bool:
+        if token in self.keys:
+            return True
+        return self.oauth is not None and self.oauth.is_valid_access_token(token)
+
+
+def _error(status: int, code: str, message: str) -> _Answer:
+    body = {"error": {"code": code, "type": code, "message": message}}
+    return _Answer(
+        status, json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+
+
+def _reply(body: dict[str, Any], text: str) -> tuple[dict[str, Any], str]:
+    messages = body["messages"]
+    last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
+    tools = body.get("tools") or []
+    if tools and last.get("role") != "tool":
+        name = str(tools[0].get("function", {}).get("name", "tool"))
+        call = {
+            "id": "call_fake_1",
+            "type": "function",
+            "function": {"name": name, "arguments": '{"city":"Paris"}'},
+        }
+        return {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [call],
+        }, "tool_calls"
+    content = last.get("content")
+    if isinstance(content, list) and any(
+        isinstance(p, dict) and p.get("type") == "image_url" for p in content
+    ):
+        text = "I see an image."
+    elif last.get("role") == "tool":
+        text = f"The tool said: {last.get('content')}"
+    return {"role": "assistant", "content": text}, "stop"
+
+
+_USAGE = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
+
+
+def _completion(model: str, message: dict[str, Any], finish: str) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+        "usage": _USAGE,
+    }
+
+
+def _chunks(model: str, message: dict[str, Any], finish: str) -> list[bytes]:
+    def chunk(delta: dict[str, Any], reason: str | None = None, **extra: Any) -> bytes:
+        payload = {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": reason}],
+            **extra,
+        }
+        return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+    out = [chunk({"role": "assistant", "content": ""})]
+    if message.get("tool_calls"):
+        call = message["tool_calls"][0]
+        out.append(
+            chunk(
+                {
+                    "tool_calls": [
+                        {
+                            "index": 0,
+                            "id": call["id"],
+                            "type": "function",
+                            "function": {
+                                "name": call["function"]["name"],
+                                "arguments": "",
+                            },
+                        }
+                    ]
+                }
+            )
+        )
+        out.append(
+            chunk(
+                {
+                    "tool_calls": [
+                        {
+                            "index": 0,
+                            "function": {"arguments": call["function"]["arguments"]},
+                        }
+                    ]
+                }
+            )
+        )
+    else:
+        words = str(message["content"]).split(" ")
+        out += [
+            chunk({"content": w if i == 0 else " " + w}) for i, w in enumerate(words)
+        ]
+    out.append(chunk({}, finish))
+    usage = {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion.chunk",
+        "model": model,
+        "choices": [],
+        "usage": _USAGE,
+    }
+    out.append(b"data: " + json.dumps(usage).encode() + b"\n\n")
+    out.append(b"data: [DONE]\n\n")
+    return out
+
+
+def _make_handler(portal: FakePortal) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        server_version = "FakeQwenPortal/1"
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length)
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            if not self.path.split("?", 1)[0].endswith("/chat/completions"):
+                self._send(_error(404, "not_found", f"no endpoint {self.path}"))
+                return
+            auth = headers.get("authorization", "")
+            token = auth.removeprefix("Bearer ").strip()
+            try:
+                body: Any = json.loads(raw)
+            except ValueError:
+                body = None
+            self._send(portal.answer(token, body, headers))
+
+        def _send(self, answer: _Answer) -> None:
+            self.send_response(answer.status, HTTPStatus(answer.status).phrase)
+            for name, value in answer.headers.items():
+                self.send_header(name, value)
+            if answer.stream is None:
+                self.send_header("Content-Length", str(len(answer.body)))
+                self.end_headers()
+                self.wfile.write(answer.body)
+                return
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for i, piece in enumerate(answer.stream):
+                if answer.drop_after is not None and i >= answer.drop_after:
+                    self.close_connection = True
+                    return  # no last chunk: the client sees a cut body
+                if i and answer.delay:
+                    time.sleep(answer.delay)
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    return Handler
