@@ -1,0 +1,153 @@
+"""E2E harness: a real ``mitmdump -s addon/qwen_addon.py`` subprocess, the fake
+OAuth server and the stand-in portal on 127.0.0.1, and the ``openai`` SDK talking
+to ``https://portal.qwen.ai/v1`` through the proxy (trusting its CA)."""
+
+from __future__ import annotations
+
+import os
+import re
+import ssl
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import openai
+from pydantic import SecretStr
+
+from qwen_oauth_mitm.accounts import Account, AccountsFile
+from qwen_oauth_mitm.oauth.fake_server import FakeQwenOAuth
+from qwen_oauth_mitm.paths import StatePaths
+from qwen_oauth_mitm.portal import FakePortal
+from qwen_oauth_mitm.store import accounts_file
+
+ROOT = Path(__file__).resolve().parents[2]
+MITMDUMP = ROOT / ".venv" / "bin" / "mitmdump"
+SCRIPT = ROOT / "addon" / "qwen_addon.py"
+LISTENING = re.compile(rb"proxy listening at \S*?:(\d+)")
+
+
+def oauth_account(
+    fake: FakeQwenOAuth, label: str, *, expires_in: float = 3600.0
+) -> Account:
+    tokens = fake.issue_tokens()
+    now = time.time()
+    return Account(
+        id=f"acct_{label}",
+        label=label,
+        kind="oauth",
+        access_token=SecretStr(str(tokens["access_token"])),
+        refresh_token=SecretStr(str(tokens["refresh_token"])),
+        expires_at=now + expires_in,
+        resource_url="portal.qwen.ai",
+        added_at=now,
+        updated_at=now,
+    )
+
+
+def token_of(account: Account) -> str:
+    assert account.access_token is not None
+    return account.access_token.get_secret_value()
+
+
+@dataclass
+class Proxy:
+    port: int
+    confdir: Path
+    log: Path
+    process: subprocess.Popen[bytes]
+
+    def client(self, *, timeout: float = 20.0) -> openai.OpenAI:
+        http = httpx.Client(
+            proxy=f"http://127.0.0.1:{self.port}",
+            verify=self.ssl_context(),
+            timeout=timeout,
+            trust_env=False,
+        )
+        return openai.OpenAI(
+            base_url="https://portal.qwen.ai/v1",
+            api_key="dummy-client-key",
+            http_client=http,
+            max_retries=0,
+        )
+
+    def http(self, *, timeout: float = 20.0) -> httpx.Client:
+        return httpx.Client(
+            proxy=f"http://127.0.0.1:{self.port}",
+            verify=self.ssl_context(),
+            timeout=timeout,
+            trust_env=False,
+        )
+
+    def ssl_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(
+            cafile=str(self.confdir / "mitmproxy-ca-cert.pem")
+        )
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def write_accounts(paths: StatePaths, accounts: Sequence[Account]) -> None:
+    accounts_file(paths.accounts).write(AccountsFile(accounts=tuple(accounts)))
+
+
+@contextmanager
+def run_mitmdump(
+    tmp: Path,
+    fake: FakeQwenOAuth,
+    portal: FakePortal,
+    options: Sequence[str] = (),
+    *,
+    wait: bool = True,
+) -> Iterator[Proxy]:
+    confdir = tmp / "mitm"
+    confdir.mkdir(exist_ok=True)
+    log = tmp / "mitmdump.log"
+    env = {k: v for k, v in os.environ.items() if not k.upper().endswith("_PROXY")}
+    env.update(
+        XDG_CONFIG_HOME=str(tmp / "config"),
+        QWEN_OAUTH_BASE_URL=fake.url,
+        QWEN_API_BASE_URL=portal.url,
+    )
+    args = [
+        str(MITMDUMP),
+        "--listen-host", "127.0.0.1",
+        "--listen-port", "0",
+        "--set", f"confdir={confdir}",
+        "--set", "connection_strategy=lazy",
+        "--set", "termlog_verbosity=debug",
+        "-s", str(SCRIPT),
+        "--set", "qwen_proactive_refresh=false",
+        *options,
+    ]  # fmt: skip
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            args, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp
+        )
+    try:
+        port = _wait_for_port(log, process) if wait else 0
+        yield Proxy(port, confdir, log, process)
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _wait_for_port(log: Path, process: subprocess.Popen[bytes]) -> int:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        m = LISTENING.search(log.read_bytes())
+        if m:
+            return int(m[1])
+        if process.poll() is not None:
+            raise AssertionError(f"mitmdump exited:\n{log.read_text()}")
+        time.sleep(0.05)
+    raise AssertionError(f"mitmdump did not start:\n{log.read_text()}")
