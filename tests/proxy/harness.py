@@ -61,7 +61,7 @@ class Proxy:
     process: subprocess.Popen[bytes]
 
     def client(self, *, timeout: float = 20.0) -> openai.OpenAI:
-        http = httpx.Client(
+        http = openai.DefaultHttpxClient(
             proxy=f"http://127.0.0.1:{self.port}",
             verify=self.ssl_context(),
             timeout=timeout,
