@@ -317,6 +317,12 @@ class QwenAddon:
             flow.comment = job.comment()
             if job.failed:
                 flow.marked = FAILED_MARK
+            log.log(
+                logging.WARNING if job.failed else logging.INFO,
+                "%s %s",
+                job.status,
+                flow.comment,
+            )
             meta = flow.metadata.setdefault("qwen", {})
             meta["attempts"] = [[a.label, a.outcome] for a in job.attempts]
             meta["served_by"] = job.served_by
