@@ -1,0 +1,216 @@
+"""The forwarder against a mocked upstream: which account, what is retried."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from qwen_oauth_mitm.accounts import Account, AccountsFile
+from qwen_oauth_mitm.config import Config
+from qwen_oauth_mitm.oauth import OAuthClient, TokenManager
+from qwen_oauth_mitm.proxy.forward import Forwarder
+from qwen_oauth_mitm.proxy.jobs import Job
+from qwen_oauth_mitm.proxy.relay import ResponseWriter
+from qwen_oauth_mitm.rotation import Rotation
+from qwen_oauth_mitm.store import accounts_file
+from qwen_oauth_mitm.translate import translate_request
+
+Handler = Callable[[httpx.Request], httpx.Response]
+COMPLETION = {
+    "choices": [{"index": 0, "message": {"content": "ok"}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+}
+
+
+class Chunks(httpx.AsyncByteStream):
+    """An upstream body that arrives in pieces."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = chunks
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for chunk in self.chunks:
+            yield chunk
+
+
+class Recorder(ResponseWriter):
+    """Collects what the forwarder writes instead of sending it."""
+
+    def __init__(self) -> None:
+        self.status: int | None = None
+        self.headers: dict[str, str] = {}
+        self.body = b""
+        self.started = self.finished = self.chunked = False
+        self.bytes_sent = 0
+
+    async def start(self, status: int, headers: Any, *, chunked: bool) -> None:
+        self.status, self.headers = status, dict(headers)
+        self.started, self.chunked = True, chunked
+
+    async def write(self, data: bytes) -> None:
+        self.body += data
+
+    async def end(self) -> None:
+        self.finished = True
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def _key(label: str, **fields: Any) -> Account:
+    now = time.time()
+    data: dict[str, Any] = {"id": f"acct_{label}", "label": label, "kind": "key"}
+    data |= {"access_token": SecretStr(f"sk-{label}"), "added_at": now}
+    return Account.model_validate(data | {"updated_at": now} | fields)
+
+
+@pytest.fixture
+async def make(tmp_path: Path) -> AsyncIterator[Callable[..., Forwarder]]:
+    clients: list[httpx.AsyncClient | OAuthClient] = []
+
+    def build(accounts: list[Account], handler: Handler, **config: Any) -> Forwarder:
+        store = accounts_file(tmp_path / "accounts.json")
+        store.write(AccountsFile(accounts=tuple(accounts)))
+        cfg = Config.model_validate(
+            {"base_url": "https://portal.qwen.ai/v1", "rotation_strategy": "sequential"}
+            | config
+        )
+        oauth = OAuthClient("http://oauth.invalid", "cid", trust_env=False)
+        http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+        clients.extend([oauth, http])
+        return Forwarder(cfg, Rotation(cfg), TokenManager(store, oauth), None, http)
+
+    yield build
+    for client in clients:
+        await client.aclose()
+
+
+def _job(stream: bool = False) -> Job:
+    t = translate_request({"model": "coder-model", "input": "hi", "stream": stream})
+    return Job("f1", "responses", t.chat, t, None, stream)
+
+
+def _by_token(answers: dict[str, list[httpx.Response]], seen: list[str]) -> Handler:
+    def handle(request: httpx.Request) -> httpx.Response:
+        token = request.headers["authorization"].removeprefix("Bearer ")
+        seen.append(token)
+        queue = answers.get(token) or []
+        return queue.pop(0) if queue else httpx.Response(200, json=COMPLETION)
+
+    return handle
+
+
+async def test_a_5xx_fails_over_once(make: Callable[..., Forwarder]) -> None:
+    seen: list[str] = []
+    bad = {"sk-a": [httpx.Response(500)], "sk-b": [httpx.Response(502)]}
+    fwd = make([_key("a"), _key("b"), _key("c")], _by_token(bad, seen))
+    job, out = _job(), Recorder()
+    await fwd.serve(job, out)
+    assert seen == ["sk-a", "sk-b"]  # one failover, not two
+    assert out.status == 502
+    assert out.json()["error"]["type"]
+    assert job.failed
+    assert [a.outcome for a in job.attempts] == ["500", "502"]
+
+
+async def test_a_connection_error_fails_over_to_the_next(
+    make: Callable[..., Forwarder],
+) -> None:
+    seen: list[str] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        token = request.headers["authorization"].removeprefix("Bearer ")
+        seen.append(token)
+        if token == "sk-a":
+            raise httpx.ConnectError("refused", request=request)
+        return httpx.Response(200, json=COMPLETION)
+
+    fwd = make([_key("a"), _key("b")], handle)
+    job, out = _job(), Recorder()
+    await fwd.serve(job, out)
+    assert out.status == 200
+    assert out.json()["output"][0]["content"][0]["text"] == "ok"
+    assert job.comment() == (
+        "qwen · acct b · responses→chat · failover from acct a (connect error)"
+    )
+
+
+async def test_a_client_error_is_passed_on_in_responses_shape(
+    make: Callable[..., Forwarder],
+) -> None:
+    seen: list[str] = []
+    body = {"error": {"code": "invalid_parameter", "message": "bad tools"}}
+    bad = {"sk-a": [httpx.Response(400, json=body)]}
+    fwd = make([_key("a"), _key("b")], _by_token(bad, seen))
+    out = Recorder()
+    await fwd.serve(_job(), out)
+    assert seen == ["sk-a"]
+    assert out.status == 400
+    assert out.json()["error"]["message"] == "bad tools"
+
+
+async def test_a_foreign_resource_url_is_never_contacted(
+    make: Callable[..., Forwarder],
+) -> None:
+    hosts: list[str] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        hosts.append(request.url.host)
+        return httpx.Response(200, json=COMPLETION)
+
+    evil = _key("evil", resource_url="portal.qwen.ai.evil.example")
+    fwd = make([evil, _key("b")], handle, base_url=None)
+    job, out = _job(), Recorder()
+    await fwd.serve(job, out)
+    assert hosts == ["portal.qwen.ai"]  # b's default base; evil's never
+    assert [(a.label, a.outcome) for a in job.attempts] == [
+        ("evil", "refused host"),
+        ("b", "200"),
+    ]
+    assert out.status == 200
+
+
+async def test_every_account_rate_limited_gives_429_with_retry_after(
+    make: Callable[..., Forwarder],
+) -> None:
+    seen: list[str] = []
+    limited = httpx.Response(429, headers={"Retry-After": "30"}, json={"error": {}})
+    fwd = make(
+        [_key("a")],
+        _by_token({"sk-a": [limited]}, seen),
+        max_rate_limit_wait_seconds=1,
+    )
+    job, out = _job(), Recorder()
+    await fwd.serve(job, out)
+    assert out.status == 429
+    assert 29 <= int(out.headers["Retry-After"]) <= 30
+    assert "a: " in out.json()["error"]["message"]
+
+
+async def test_a_stream_is_translated_and_ended(
+    make: Callable[..., Forwarder],
+) -> None:
+    chunks = [
+        b'data: {"choices":[{"index":0,"delta":{"content":"he"}}]}\n\n',
+        b'data: {"choices":[{"index":0,"delta":{"content":"y"},'
+        b'"finish_reason":"stop"}]}\n\n',
+        b"data: [DONE]\n\n",
+    ]
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, stream=Chunks(chunks))
+
+    fwd = make([_key("a")], handle)
+    job, out = _job(stream=True), Recorder()
+    await fwd.serve(job, out)
+    assert out.chunked
+    assert out.finished
+    assert b"response.completed" in out.body
+    assert not job.failed
