@@ -6,6 +6,7 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -139,3 +140,80 @@ def test_a_bad_option_stops_mitmdump_with_the_reason(
     assert "qwen_rotation_strategy" in out or "rotation_strategy" in out
     assert "bogus" in out
     assert json.dumps("bogus") in out or "'bogus'" in out
+
+
+WEATHER: Any = {
+    "type": "function",
+    "name": "weather",
+    "description": "Weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+}
+
+
+def test_tool_call_round_trip(proxy: Proxy, portal: FakePortal) -> None:
+    with proxy.client() as client:
+        first = client.responses.create(
+            model="coder-model", input="Weather in Paris?", tools=[WEATHER]
+        )
+        [call] = [item for item in first.output if item.type == "function_call"]
+        assert call.name == "weather"
+        assert json.loads(call.arguments) == {"city": "Paris"}
+        second = client.responses.create(
+            model="coder-model",
+            tools=[WEATHER],
+            input=[
+                {"role": "user", "content": "Weather in Paris?"},
+                {
+                    "type": "function_call",
+                    "call_id": call.call_id,
+                    "name": call.name,
+                    "arguments": call.arguments,
+                },
+                {
+                    "type": "function_call_output",
+                    "call_id": call.call_id,
+                    "output": "sunny",
+                },
+            ],
+        )
+    assert second.output_text == "The tool said: sunny"
+    sent = portal.requests[1].body["messages"]
+    assert sent[1]["tool_calls"][0]["id"] == call.call_id
+    assert sent[2] == {"role": "tool", "tool_call_id": call.call_id, "content": "sunny"}
+
+
+def test_image_input(proxy: Proxy, portal: FakePortal) -> None:
+    image = "data:image/png;base64,iVBORw0KGgo="
+    with proxy.client() as client:
+        answer = client.responses.create(
+            model="coder-model",
+            input=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "input_text", "text": "What is this?"},
+                        {"type": "input_image", "image_url": image, "detail": "auto"},
+                    ],
+                }
+            ],
+        )
+    assert answer.output_text == "I see an image."
+    parts = portal.requests[0].body["messages"][0]["content"]
+    [image_part] = [p for p in parts if p["type"] == "image_url"]
+    assert image_part["image_url"]["url"] == image
+
+
+def test_accounts_added_while_running_are_used_without_restart(
+    tmp_path: Path, fake: FakeQwenOAuth, portal: FakePortal, paths: StatePaths
+) -> None:
+    write_accounts(paths, [])
+    with run_mitmdump(tmp_path, fake, portal) as proxy, proxy.http() as http:
+        body = {"model": "coder-model", "input": "hi"}
+        url = "https://portal.qwen.ai/v1/responses"
+        before = http.post(url, json=body)
+        assert before.status_code == 429
+        assert "qwen-oauth login" in before.json()["error"]["message"]
+        write_accounts(paths, [oauth_account(fake, "late")])
+        after = http.post(url, json=body)
+        assert after.status_code == 200, after.text
+    assert portal.statuses() == [200]
