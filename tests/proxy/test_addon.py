@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,6 +14,7 @@ from mitmproxy.test import taddons, tflow, tutils
 
 from qwen_oauth_mitm.paths import StatePaths
 from qwen_oauth_mitm.proxy.addon import QwenAddon
+from qwen_oauth_mitm.proxy.jobs import Attempt
 
 
 def _flow(
@@ -181,3 +184,57 @@ class TestRelayRewrite:
         assert f.response is not None
         assert f.response.status_code == 502
         assert f.marked
+
+
+class TestInspection:
+    async def test_comment_marks_and_metadata_after_a_failover(
+        self, running: QwenAddon
+    ) -> None:
+        f = _flow(path="/v1/chat/completions", body=b'{"model":"m","messages":[]}')
+        await running.request(f)
+        job = running.jobs[f.id]
+        job.attempts += [Attempt("home", "429"), Attempt("work", "200")]
+        job.served_by, job.status = "work", 200
+        f.response = tutils.tresp()
+        running.response(f)
+        assert f.comment == "qwen · acct work · chat · failover from acct home (429)"
+        assert not f.marked
+        assert f.metadata["qwen"]["attempts"] == [["home", "429"], ["work", "200"]]
+        assert f.metadata["qwen"]["served_by"] == "work"
+        json.dumps(f.metadata)  # plain data only
+
+    async def test_a_failed_job_marks_the_flow(self, running: QwenAddon) -> None:
+        f = _flow(path="/v1/chat/completions", body=b'{"model":"m","messages":[]}')
+        await running.request(f)
+        job = running.jobs[f.id]
+        job.attempts.append(Attempt("home", "429"))
+        job.failed, job.error, job.status = True, "No Qwen account can serve", 429
+        f.response = tutils.tresp()
+        running.response(f)
+        assert f.marked
+        assert "tried acct home (429)" in f.comment
+        assert "failed: No Qwen account" in f.comment
+
+    async def test_a_cut_stream_marks_the_flow(self, running: QwenAddon) -> None:
+        f = _flow(path="/v1/chat/completions", body=b'{"model":"m","messages":[]}')
+        await running.request(f)
+        running.error(f)
+        assert f.marked
+        assert f.comment.endswith("stream cut")
+        assert running.jobs == {}
+
+    async def test_accounts_command_logs_the_table(
+        self, running: QwenAddon, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        caplog.set_level(logging.INFO, "qwen_oauth_mitm")
+        with taddons.context(running) as tctx:  # type: ignore[no-untyped-call]
+            tctx.command(running.accounts_command)
+        await asyncio.sleep(0.05)
+        assert "no accounts; add one with `qwen-oauth login`" in caplog.text
+
+    async def test_quiet_mode_drops_info(self, addon: QwenAddon) -> None:
+        with taddons.context(addon) as tctx:  # type: ignore[no-untyped-call]
+            tctx.configure(addon, qwen_quiet_mode="true")
+            assert logging.getLogger("qwen_oauth_mitm").level == logging.WARNING
+            tctx.configure(addon, qwen_quiet_mode="false", qwen_debug="1")
+            assert logging.getLogger("qwen_oauth_mitm").level == logging.DEBUG
