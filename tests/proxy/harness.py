@@ -112,6 +112,7 @@ def run_mitmdump(
         XDG_CONFIG_HOME=str(tmp / "config"),
         QWEN_OAUTH_BASE_URL=fake.url,
         QWEN_API_BASE_URL=portal.url,
+        PYTHONUNBUFFERED="1",  # the log is read while mitmdump runs
     )
     args = [
         str(MITMDUMP),
@@ -121,9 +122,12 @@ def run_mitmdump(
         "--set", "connection_strategy=lazy",
         "--set", "termlog_verbosity=debug",
         "-s", str(SCRIPT),
-        "--set", "qwen_proactive_refresh=false",
         *options,
     ]  # fmt: skip
+    if not any(o.startswith("qwen_proactive_refresh=") for o in options):
+        # Off unless a test wants it: refresh counts must be the requests' own.
+        # (Never pass one option twice: mitmdump 12.3 then skips `running`.)
+        args += ["--set", "qwen_proactive_refresh=false"]
     with log.open("wb") as out:
         process = subprocess.Popen(
             args, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp

@@ -148,3 +148,20 @@ def test_a_chat_stream_cut_midway_is_a_closed_stream(
         with pytest.raises(openai.APIError), stream:
             for _ in stream:
                 pass
+
+
+def test_proactive_refresh_renews_an_expiring_token_without_a_request(
+    tmp_path: Path, fake: FakeQwenOAuth, portal: FakePortal, paths: StatePaths
+) -> None:
+    account = oauth_account(fake, "work", expires_in=60)  # inside the 300 s window
+    write_accounts(paths, [account])
+    options = ["--set", "qwen_proactive_refresh=true"]
+    with run_mitmdump(tmp_path, fake, portal, options) as proxy:
+        deadline = time.monotonic() + 10
+        while fake.counts["refresh"] < 1:
+            assert time.monotonic() < deadline, proxy.output()[-2000:]
+            time.sleep(0.05)
+        log = proxy.output()
+    assert portal.requests == []
+    for token in fake.issued:
+        assert token not in log
