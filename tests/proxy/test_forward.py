@@ -214,3 +214,25 @@ async def test_a_stream_is_translated_and_ended(
     assert out.finished
     assert b"response.completed" in out.body
     assert not job.failed
+
+
+async def test_a_401_refreshes_and_retries_the_same_account(
+    make: Callable[..., Forwarder], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[str] = []
+    refreshed: list[str] = []
+    fwd = make([_key("a"), _key("b")], _by_token({"sk-a": [httpx.Response(401)]}, seen))
+
+    async def after_unauthorized(account_id: str, rejected: str) -> Account:
+        refreshed.append(rejected)
+        return _key("a")
+
+    monkeypatch.setattr(fwd.tokens, "after_unauthorized", after_unauthorized)
+    job, out = _job(), Recorder()
+    await fwd.serve(job, out)
+    assert refreshed == ["sk-a"]
+    assert seen == ["sk-a", "sk-a"]
+    assert out.status == 200
+    assert (
+        job.comment() == "qwen · acct a · responses→chat · retried after acct a (401)"
+    )

@@ -354,10 +354,10 @@ class QwenAddon:
 
     async def _serve_relay(self, path: str, out: ResponseWriter) -> None:
         job = self.jobs.get(path.lstrip("/"))
-        if job is None or job.status is not None or self.forwarder is None:
+        if job is None or job.taken or self.forwarder is None:
             await out.answer(404, error_body("Unknown relay request."))
             return
-        job.status = 0  # taken: the same path is served once
+        job.taken = True
         await self.forwarder.serve(job, out)
 
     # --- commands -----------------------------------------------------------------

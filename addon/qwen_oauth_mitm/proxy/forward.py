@@ -29,6 +29,8 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
 
 import httpx
 
@@ -90,6 +92,29 @@ def make_http_client(config: Config) -> httpx.AsyncClient:
     )
 
 
+MAX_ROUNDS = 64
+"""Bound on picks per request, should an upstream answer 429s of 0 seconds."""
+WAIT_MARGIN = 0.05
+
+Step = Literal["done", "next", "stop"]
+"""After one attempt: answered; try the next pick; give up with the last error."""
+
+
+@dataclass
+class _State:
+    """What one request has learned so far."""
+
+    skip: set[str] = field(default_factory=set)
+    """Accounts left out for this request (beyond what cooldowns exclude)."""
+    auth_retried: set[str] = field(default_factory=set)
+    pinned: str | None = None
+    """Retry on this account next (after a 401 and a refresh)."""
+    failed_over: bool = False
+    waited: float = 0.0
+    last: tuple[int, bytes] | None = None
+    """The last upstream error (status, body), answered if nothing works."""
+
+
 class Forwarder:
     """Serves relayed jobs; owns nothing but references (the addon owns them)."""
 
@@ -133,119 +158,158 @@ class Forwarder:
             self._save()
 
     async def _serve(self, job: Job, out: ResponseWriter) -> None:
-        cfg = self.config
-        skip: set[str] = set()  # failed for this request, for reasons beyond cooldown
-        pinned: str | None = None  # retry after a 401 on the same account
-        auth_retried: set[str] = set()
-        failed_over = False
-        waited = 0.0
-        last: tuple[int, bytes] | None = None
-        for _ in range(64):  # a bound, should the upstream answer 429s of 0 s
-            accounts = await self._accounts()
-            now = self.clock()
-            pool = [a for a in accounts if a.id == pinned] if pinned else accounts
-            pick = self.rotation.pick(
-                pool, now, conversation_key=job.conversation_key, exclude=skip
-            )
+        st = _State()
+        for _ in range(MAX_ROUNDS):
+            pick = await self._pick(job, st)
             if isinstance(pick, AllUnavailable):
-                if pinned:
-                    pinned = None
-                    continue
-                delay = wait_before_retry(
-                    pick, now, waited=waited, max_wait=cfg.max_rate_limit_wait_seconds
-                )
-                if delay is None:
-                    await self._unavailable(job, out, pick, now, last)
-                    return
-                log.info("all accounts are cooling down; waiting %.1f s", delay)
-                await asyncio.sleep(delay + 0.05)
-                waited += delay + 0.05
-                continue
-            pinned = None
-            account = pick.account
-            token = await self._token(job, pick, skip)
-            if token is None:
-                continue
-            try:
-                base = api_base(account, cfg)
-            except DisallowedHost as e:
-                log.error("%s", e)
-                self.rotation.release(pick, self.clock())
-                job.attempts.append(Attempt(account.label, "refused host"))
-                skip.add(account.id)
-                last = (502, error_body(str(e)))
-                continue
-            url = f"{base}/chat/completions"
-            request = self.http.build_request(
-                "POST",
-                url,
-                content=json.dumps(job.chat_body, separators=(",", ":")).encode(),
-                headers=upstream_headers(cfg, token, stream=job.stream),
-            )
-            try:
-                response = await self.http.send(request, stream=True)
-            except httpx.HTTPError as e:
-                log.warning("account %s: %s: %s", account.label, type(e).__name__, e)
-                self.rotation.record_failure(
-                    pick, self.clock(), account_fault=False, detail=type(e).__name__
-                )
-                job.attempts.append(Attempt(account.label, "connect error"))
-                last = (502, error_body(f"The upstream could not be reached: {e}"))
-                if failed_over:
-                    break
-                failed_over = True
-                skip.add(account.id)
-                continue
-            if response.status_code == 200:
-                job.attempts.append(Attempt(account.label, "200"))
-                self.rotation.record_success(pick, self.clock())
-                job.served_by = account.label
-                await self._relay_answer(job, response, out)
+                await self._unavailable(job, out, pick, self.clock(), st.last)
                 return
-            body = await response.aread()
-            await response.aclose()
-            job.attempts.append(Attempt(account.label, str(response.status_code)))
-            now = self.clock()
-            verdict = classify_error(
-                response.status_code,
-                response.headers,
-                body,
-                now=now,
-                reset_tz=parse_timezone(cfg.quota_reset_timezone),
-                default_cooldown=cfg.default_cooldown_seconds,
-            )
-            self.rotation.record(pick, verdict, now)
-            log.warning("account %s: upstream %s", account.label, verdict.detail)
-            last = (response.status_code, body)
-            if verdict.kind in ("quota", "rate_limit"):
-                continue
-            if verdict.kind == "auth":
-                skip.add(account.id)  # unless the one refresh below works
-                if account.id in auth_retried:
-                    continue
-                auth_retried.add(account.id)
-                try:
-                    await self.tokens.after_unauthorized(account.id, token)
-                except (QwenError, OSError) as e:
-                    log.warning(
-                        "account %s: refresh after 401 failed: %s", account.label, e
-                    )
-                    continue
-                skip.discard(account.id)
-                pinned = account.id
-                continue
-            if verdict.kind == "upstream" and not failed_over:
-                failed_over = True
-                skip.add(account.id)
-                continue
-            if verdict.kind == "account":
-                skip.add(account.id)
-                continue
-            break
-        status, body = last or (502, error_body("No account could serve the request."))
+            step = await self._attempt(job, pick, st, out)
+            if step == "done":
+                return
+            if step == "stop":
+                break
+        status, body = st.last or (
+            502,
+            error_body("No account could serve the request."),
+        )
         await self._upstream_error(job, out, status, body)
 
-    async def _token(self, job: Job, pick: Pick, skip: set[str]) -> str | None:
+    async def _pick(self, job: Job, st: _State) -> Pick | AllUnavailable:
+        """The next account, waiting (bounded) while every account cools down."""
+        while True:
+            accounts = await self._accounts()
+            now = self.clock()
+            pool = [a for a in accounts if a.id == st.pinned] if st.pinned else accounts
+            pick = self.rotation.pick(
+                pool, now, conversation_key=job.conversation_key, exclude=st.skip
+            )
+            pinned, st.pinned = st.pinned, None
+            if not isinstance(pick, AllUnavailable):
+                return pick
+            if pinned:
+                continue  # the account to retry is gone or cooling: any other
+            delay = wait_before_retry(
+                pick,
+                now,
+                waited=st.waited,
+                max_wait=self.config.max_rate_limit_wait_seconds,
+            )
+            if delay is None:
+                return pick
+            log.info("all accounts are cooling down; waiting %.1f s", delay)
+            # A little past the moment, so the pick after the wait finds it usable.
+            await asyncio.sleep(delay + WAIT_MARGIN)
+            st.waited += delay + WAIT_MARGIN
+
+    async def _attempt(
+        self, job: Job, pick: Pick, st: _State, out: ResponseWriter
+    ) -> Step:
+        """Send the request with ``pick``'s account and settle the pick."""
+        account = pick.account
+        try:
+            base = api_base(account, self.config)
+        except DisallowedHost as e:
+            log.error("%s", e)
+            self._skip(job, pick, st, "refused host")
+            st.last = (502, error_body(str(e)))
+            return "next"
+        token = await self._token(job, pick, st)
+        if token is None:
+            return "next"
+        request = self.http.build_request(
+            "POST",
+            f"{base}/chat/completions",
+            content=json.dumps(job.chat_body, separators=(",", ":")).encode(),
+            headers=upstream_headers(self.config, token, stream=job.stream),
+        )
+        try:
+            response = await self.http.send(request, stream=True)
+        except httpx.HTTPError as e:
+            log.warning("account %s: %s: %s", account.label, type(e).__name__, e)
+            self.rotation.record_failure(
+                pick, self.clock(), account_fault=False, detail=type(e).__name__
+            )
+            job.attempts.append(Attempt(account.label, "connect error"))
+            st.last = (502, error_body(f"The upstream could not be reached: {e}"))
+            return self._fail_over_once(account.id, st)
+        if response.status_code == 200:
+            job.attempts.append(Attempt(account.label, "200"))
+            self.rotation.record_success(pick, self.clock())
+            job.served_by = account.label
+            await self._relay_answer(job, response, out)
+            return "done"
+        body = await response.aread()
+        await response.aclose()
+        return await self._after_error(job, pick, st, token, response, body)
+
+    async def _after_error(
+        self,
+        job: Job,
+        pick: Pick,
+        st: _State,
+        token: str,
+        response: httpx.Response,
+        body: bytes,
+    ) -> Step:
+        account, cfg, now = pick.account, self.config, self.clock()
+        job.attempts.append(Attempt(account.label, str(response.status_code)))
+        verdict = classify_error(
+            response.status_code,
+            response.headers,
+            body,
+            now=now,
+            reset_tz=parse_timezone(cfg.quota_reset_timezone),
+            default_cooldown=cfg.default_cooldown_seconds,
+        )
+        self.rotation.record(pick, verdict, now)
+        log.warning("account %s: upstream %s", account.label, verdict.detail)
+        st.last = (response.status_code, body)
+        match verdict.kind:
+            case "quota" | "rate_limit":
+                return "next"  # its cooldown keeps it out of the next picks
+            case "auth":
+                return await self._after_unauthorized(pick, st, token)
+            case "upstream":
+                return self._fail_over_once(account.id, st)
+            case "account":
+                st.skip.add(account.id)
+                return "next"
+            case _:
+                return "stop"  # the request is at fault: another account won't do
+
+    async def _after_unauthorized(self, pick: Pick, st: _State, token: str) -> Step:
+        """One refresh and one retry on the same account per request."""
+        account = pick.account
+        st.skip.add(account.id)
+        if account.id in st.auth_retried:
+            return "next"
+        st.auth_retried.add(account.id)
+        try:
+            await self.tokens.after_unauthorized(account.id, token)
+        except (QwenError, OSError) as e:
+            log.warning("account %s: refresh after 401 failed: %s", account.label, e)
+            return "next"
+        st.skip.discard(account.id)
+        st.pinned = account.id
+        return "next"
+
+    @staticmethod
+    def _fail_over_once(account_id: str, st: _State) -> Step:
+        """A 5xx or a connection failure: one other account, not every one."""
+        if st.failed_over:
+            return "stop"
+        st.failed_over = True
+        st.skip.add(account_id)
+        return "next"
+
+    def _skip(self, job: Job, pick: Pick, st: _State, outcome: str) -> None:
+        """Leave the account out of this request; the pick never reached it."""
+        self.rotation.release(pick, self.clock())
+        job.attempts.append(Attempt(pick.account.label, outcome))
+        st.skip.add(pick.account.id)
+
+    async def _token(self, job: Job, pick: Pick, st: _State) -> str | None:
         account = pick.account
         try:
             return await self.tokens.access_token(account.id)
@@ -254,9 +318,7 @@ class Forwarder:
         except (QwenError, OSError) as e:
             log.warning("account %s: no token: %s", account.label, e)
             outcome = "refresh failed"
-        self.rotation.release(pick, self.clock())
-        job.attempts.append(Attempt(account.label, outcome))
-        skip.add(account.id)
+        self._skip(job, pick, st, outcome)
         return None
 
     async def _relay_answer(

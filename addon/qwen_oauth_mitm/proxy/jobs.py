@@ -41,6 +41,8 @@ class Job:
     """Label of the account whose answer the client got."""
     status: int | None = None
     """Status the client got."""
+    taken: bool = False
+    """The relay has started serving it (each job is served once)."""
     failed: bool = False
     error: str | None = None
     """Why the client got an error (never a token)."""
@@ -53,16 +55,15 @@ class Job:
         if self.served_by:
             parts.append(f"acct {self.served_by}")
         parts.append(route)
-        earlier = [
-            a
-            for a in self.attempts
-            if not (a.label == self.served_by and a.outcome == "200")
-        ]
+        earlier = self.attempts[:-1] if self.served_by else self.attempts
         if earlier:
             tried = ", ".join(f"acct {a.label} ({a.outcome})" for a in earlier)
-            parts.append(
-                f"failover from {tried}" if self.served_by else f"tried {tried}"
-            )
+            if not self.served_by:
+                parts.append(f"tried {tried}")
+            elif all(a.label == self.served_by for a in earlier):
+                parts.append(f"retried after {tried}")  # a 401, then a refresh
+            else:
+                parts.append(f"failover from {tried}")
         if self.failed and self.error:
             parts.append(f"failed: {self.error[:120]}")
         return " · ".join(parts)
