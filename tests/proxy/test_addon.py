@@ -12,6 +12,7 @@ import pytest
 from mitmproxy import exceptions, http
 from mitmproxy.test import taddons, tflow, tutils
 
+from qwen_oauth_mitm import redact
 from qwen_oauth_mitm.paths import StatePaths
 from qwen_oauth_mitm.proxy.addon import QwenAddon
 from qwen_oauth_mitm.proxy.jobs import Attempt
@@ -238,3 +239,28 @@ class TestInspection:
             assert logging.getLogger("qwen_oauth_mitm").level == logging.WARNING
             tctx.configure(addon, qwen_quiet_mode="false", qwen_debug="1")
             assert logging.getLogger("qwen_oauth_mitm").level == logging.DEBUG
+
+
+class TestLogging:
+    async def test_log_file_is_redacted(self, addon: QwenAddon, tmp_path: Path) -> None:
+        path = tmp_path / "qwen.log"
+        secret = "fake-at-" + "s3cr3t" * 4
+        redact.register(secret)
+        with taddons.context(addon) as tctx:  # type: ignore[no-untyped-call]
+            tctx.configure(addon, qwen_log_file=str(path))
+            logging.getLogger("qwen_oauth_mitm.proxy").warning("token %s", secret)
+            tctx.configure(addon, qwen_log_file="")  # closes the file handler
+        text = path.read_text()
+        assert "token " in text
+        assert secret not in text
+
+    async def test_reload_and_refresh_commands_run(
+        self, running: QwenAddon, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        caplog.set_level(logging.INFO, "qwen_oauth_mitm")
+        with taddons.context(running) as tctx:  # type: ignore[no-untyped-call]
+            tctx.command(running.reload_command)
+            tctx.command(running.refresh_command)
+        await asyncio.sleep(0.05)
+        assert "no accounts" in caplog.text
+        assert "Addon error" not in caplog.text
