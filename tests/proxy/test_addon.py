@@ -264,3 +264,13 @@ class TestLogging:
         await asyncio.sleep(0.05)
         assert "no accounts" in caplog.text
         assert "Addon error" not in caplog.text
+
+    async def test_an_unwritable_log_file_is_an_options_error(
+        self, addon: QwenAddon, tmp_path: Path
+    ) -> None:
+        bad = str(tmp_path / "no" / "x.log")
+        with (
+            taddons.context(addon) as tctx,  # type: ignore[no-untyped-call]
+            pytest.raises(exceptions.OptionsError, match="cannot open log_file"),
+        ):
+            tctx.configure(addon, qwen_log_file=bad)

@@ -28,7 +28,6 @@ import contextlib
 import json
 import logging
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ from qwen_oauth_mitm.paths import StatePaths, default_paths
 from qwen_oauth_mitm.proxy import options
 from qwen_oauth_mitm.proxy.forward import Forwarder, make_http_client
 from qwen_oauth_mitm.proxy.jobs import MODELS_BODY, Job, error_body
+from qwen_oauth_mitm.proxy.logs import LogSetup
 from qwen_oauth_mitm.proxy.relay import Relay, ResponseWriter
 from qwen_oauth_mitm.proxy.scope import is_intercepted
 from qwen_oauth_mitm.rotation import (
@@ -62,7 +62,6 @@ from qwen_oauth_mitm.translate import (
 )
 
 log = logging.getLogger("qwen_oauth_mitm.proxy")
-PACKAGE_LOGGER = logging.getLogger("qwen_oauth_mitm")
 PROACTIVE_INTERVAL = 60.0
 FAILED_MARK = ":x:"
 
@@ -82,7 +81,7 @@ class QwenAddon:
         self._oauth: OAuthClient | None = None
         self._tracker: TrackerStore | None = None
         self._background: list[asyncio.Task[Any]] = []
-        self._extra_handlers: list[logging.Handler] = []
+        self._logs = LogSetup()
 
     @property
     def paths(self) -> StatePaths:
@@ -104,41 +103,18 @@ class QwenAddon:
                 cwd=Path.cwd(),
                 options=options.set_options(ctx.options),
             )
+            self._logs.apply(loaded.config)
         except ConfigError as e:
             raise exceptions.OptionsError(str(e)) from None  # type: ignore[no-untyped-call]
         for warning in loaded.warnings:
             log.warning("%s", warning)
         self.config = loaded.config
-        self._apply_logging(loaded.config)
         if self.forwarder is not None:
             self.forwarder.config = loaded.config
             self.forwarder.rotation.reconfigure(loaded.config)
             self.forwarder.tokens.refresh_window_seconds = (
                 loaded.config.refresh_window_seconds
             )
-
-    def _apply_logging(self, cfg: Config) -> None:
-        level = logging.DEBUG if cfg.debug else logging.INFO
-        PACKAGE_LOGGER.setLevel(logging.WARNING if cfg.quiet_mode else level)
-        for handler in self._extra_handlers:
-            PACKAGE_LOGGER.removeHandler(handler)
-            handler.close()
-        self._extra_handlers = []
-        flt = redact.RedactingFilter()
-        fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-        if cfg.debug:
-            # mitmproxy's terminal log shows info and up; debug lines go to stderr.
-            debug = logging.StreamHandler(sys.stderr)
-            debug.addFilter(lambda record: record.levelno < logging.INFO)
-            self._extra_handlers.append(debug)
-        if cfg.log_file:
-            self._extra_handlers.append(
-                logging.FileHandler(cfg.log_file, encoding="utf-8")
-            )
-        for handler in self._extra_handlers:
-            handler.addFilter(flt)
-            handler.setFormatter(fmt)
-            PACKAGE_LOGGER.addHandler(handler)
 
     # --- lifecycle --------------------------------------------------------------
 
@@ -184,10 +160,7 @@ class QwenAddon:
             await self._http.aclose()
         if self._oauth is not None:
             await self._oauth.aclose()
-        for handler in self._extra_handlers:
-            PACKAGE_LOGGER.removeHandler(handler)
-            handler.close()
-        self._extra_handlers = []
+        self._logs.close()
 
     def _config(self) -> Config:
         if self.config is None:  # configure always runs first under mitmproxy

@@ -1,0 +1,59 @@
+"""Logging for the addon: levels from the config, a debug stream, a log file.
+
+Everything goes through :mod:`logging` (``ctx.log`` is deprecated); mitmproxy's
+terminal log shows info and up. ``quiet_mode`` raises our package logger to
+warnings; ``debug`` lowers it to debug and adds a stderr handler for the lines
+below info (which the terminal log would hide); ``log_file`` adds a file. Both
+extra handlers redact every registered secret, like the terminal log does once
+:func:`redact.install_redaction` ran.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from qwen_oauth_mitm import redact
+from qwen_oauth_mitm.config import Config
+from qwen_oauth_mitm.errors import ConfigError
+
+PACKAGE_LOGGER = logging.getLogger("qwen_oauth_mitm")
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class LogSetup:
+    """The handlers the addon added, so a new config can replace them."""
+
+    def __init__(self) -> None:
+        self._handlers: list[logging.Handler] = []
+
+    def apply(self, cfg: Config) -> None:
+        """Set levels and handlers for ``cfg``; ``ConfigError`` if the file fails."""
+        level = logging.DEBUG if cfg.debug else logging.INFO
+        PACKAGE_LOGGER.setLevel(logging.WARNING if cfg.quiet_mode else level)
+        self.close()
+        if cfg.debug:
+            debug = logging.StreamHandler(sys.stderr)
+            debug.addFilter(lambda record: record.levelno < logging.INFO)
+            self._handlers.append(debug)
+        if cfg.log_file:
+            try:
+                self._handlers.append(
+                    logging.FileHandler(cfg.log_file, encoding="utf-8")
+                )
+            except OSError as e:
+                raise ConfigError(
+                    f"cannot open log_file {cfg.log_file!r}: {e.strerror or e}"
+                ) from None
+        flt = redact.RedactingFilter()
+        fmt = logging.Formatter(FORMAT)
+        for handler in self._handlers:
+            handler.addFilter(flt)
+            handler.setFormatter(fmt)
+            PACKAGE_LOGGER.addHandler(handler)
+
+    def close(self) -> None:
+        for handler in self._handlers:
+            PACKAGE_LOGGER.removeHandler(handler)
+            handler.close()
+        self._handlers = []
