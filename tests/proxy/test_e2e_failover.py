@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
@@ -165,3 +166,21 @@ def test_proactive_refresh_renews_an_expiring_token_without_a_request(
     assert portal.requests == []
     for token in fake.issued:
         assert token not in log
+
+
+def test_a_client_that_hangs_up_while_waiting_spends_no_quota(
+    tmp_path: Path, fake: FakeQwenOAuth, portal: FakePortal, paths: StatePaths
+) -> None:
+    account = oauth_account(fake, "a")
+    write_accounts(paths, [account])
+    portal.script(token_of(account), Fault("429", retry_after=2))
+    options = ["--set", "qwen_max_rate_limit_wait_seconds=30"]
+    with run_mitmdump(tmp_path, fake, portal, options) as proxy:
+        with proxy.http(timeout=0.8) as http, pytest.raises(httpx.ReadTimeout):
+            http.post(
+                "https://portal.qwen.ai/v1/responses",
+                json={"model": "coder-model", "input": "hi"},
+            )
+        time.sleep(2.5)  # past the cooldown: an abandoned wait would now send
+        assert portal.statuses() == [429]
+        assert "abandoned" in proxy.output()

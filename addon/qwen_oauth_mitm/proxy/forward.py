@@ -151,6 +151,9 @@ class Forwarder:
     async def serve(self, job: Job, out: ResponseWriter) -> None:
         try:
             await self._serve(job, out)
+        except ConnectionError:
+            log.info("flow %s: the client went away", job.flow_id)
+            job.failed, job.error = True, "the client went away"
         except Exception as e:
             log.exception("flow %s: proxy error", job.flow_id)
             await self._fail(job, out, 502, f"Proxy error: {redact.redact(str(e))}")

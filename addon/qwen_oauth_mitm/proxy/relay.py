@@ -17,8 +17,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from http import HTTPStatus
+from typing import Any
+
+from qwen_oauth_mitm.tasks import spawn
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +85,7 @@ class ResponseWriter:
         await self.end()
 
 
-Handler = Callable[[str, ResponseWriter], Awaitable[None]]
+Handler = Callable[[str, ResponseWriter], Coroutine[Any, Any, None]]
 """Serves one request: the path (``/<flow id>``) and where to write."""
 
 
@@ -132,7 +135,7 @@ class Relay:
             if path is None:
                 await out.answer(400, b'{"error":{"message":"bad relay request"}}')
             else:
-                await self._handler(path, out)
+                await self._serve_until_hangup(path, out, reader)
         except (ConnectionError, asyncio.IncompleteReadError):
             log.debug("relay client went away")
         except asyncio.CancelledError:
@@ -144,6 +147,31 @@ class Relay:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+    async def _serve_until_hangup(
+        self, path: str, out: ResponseWriter, reader: asyncio.StreamReader
+    ) -> None:
+        """Run the handler; cancel it if mitmproxy closes the connection first.
+
+        mitmproxy closes its connection to us when the client goes away, so a
+        request waiting for a rate-limited account (or for a slow upstream) is
+        abandoned instead of spending an account's quota for nobody.
+        """
+        work = spawn(self._handler(path, out), name=f"relay {path}")
+        hangup = spawn(reader.read(1), name=f"relay watch {path}")
+        try:
+            await asyncio.wait({work, hangup}, return_when=asyncio.FIRST_COMPLETED)
+            if not work.done():
+                log.info("relay: the client went away; request %s abandoned", path)
+                work.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await work
+        finally:
+            for task in (work, hangup):
+                task.cancel()
+            for task in (work, hangup):
+                with contextlib.suppress(BaseException):
+                    await task
 
 
 async def _read_request(reader: asyncio.StreamReader) -> str | None:
