@@ -164,7 +164,8 @@ class TestRelayRewrite:
     async def test_streaming_is_switched_on_for_relayed_flows(
         self, running: QwenAddon
     ) -> None:
-        f = _flow(path="/v1/chat/completions", body=b'{"model":"m","messages":[]}')
+        body = b'{"model":"m","messages":[],"stream":true}'
+        f = _flow(path="/v1/chat/completions", body=body)
         await running.request(f)
         f.response = tutils.tresp()
         running.responseheaders(f)
@@ -172,6 +173,13 @@ class TestRelayRewrite:
         running.response(f)
         assert f.id not in running.jobs
         assert f.comment.startswith("qwen")
+
+    async def test_whole_answers_stay_buffered(self, running: QwenAddon) -> None:
+        f = _flow(path="/v1/chat/completions", body=b'{"model":"m","messages":[]}')
+        await running.request(f)
+        f.response = tutils.tresp()
+        running.responseheaders(f)
+        assert f.response.stream is False
 
     async def test_a_hook_failure_answers_instead_of_passing_through(
         self, running: QwenAddon, monkeypatch: pytest.MonkeyPatch

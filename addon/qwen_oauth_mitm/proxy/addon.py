@@ -277,8 +277,11 @@ class QwenAddon:
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         try:
-            if flow.id in self.jobs and flow.response is not None:
-                flow.response.stream = True  # the relay wrote the final bytes
+            job = self.jobs.get(flow.id)
+            if job is not None and job.stream and flow.response is not None:
+                # The relay wrote the final bytes: pass them on as they come.
+                # Whole answers stay buffered, so mitmweb shows their body.
+                flow.response.stream = True
         except Exception:
             log.exception("flow %s: responseheaders", flow.id)
 
