@@ -56,6 +56,8 @@ def test_non_stream_text(proxy: Proxy, portal: FakePortal, fake: FakeQwenOAuth) 
     assert seen.headers["x-dashscope-authtype"] == "qwen-oauth"
     assert seen.headers["user-agent"].startswith("QwenCode/")
     assert "cookie" not in seen.headers
+    assert "dummy-client-key" not in str(seen.headers)
+    assert not [h for h in seen.headers if h.startswith("x-stainless")]
     _no_secret_in(fake, proxy.output())
 
 

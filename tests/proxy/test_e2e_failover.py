@@ -31,16 +31,26 @@ def paths(tmp_path: Path) -> StatePaths:
     return StatePaths(tmp_path / "config" / "opencode")
 
 
+@pytest.mark.parametrize("stream", [False, True])
 def test_a_429_fails_over_to_the_next_account(
-    tmp_path: Path, fake: FakeQwenOAuth, portal: FakePortal, paths: StatePaths
+    tmp_path: Path,
+    fake: FakeQwenOAuth,
+    portal: FakePortal,
+    paths: StatePaths,
+    stream: bool,
 ) -> None:
     home, work = oauth_account(fake, "home"), oauth_account(fake, "work")
     write_accounts(paths, [home, work])
     portal.script(token_of(home), Fault("429", retry_after=30))
     options = ["--set", "qwen_rotation_strategy=sequential"]
     with run_mitmdump(tmp_path, fake, portal, options) as proxy, proxy.client() as c:
-        answer = c.responses.create(model="coder-model", input="hi")
-        assert answer.output_text == portal.text
+        if stream:
+            with c.responses.create(model="coder-model", input="hi", stream=True) as s:
+                deltas = [e.delta for e in s if e.type == "response.output_text.delta"]
+            assert "".join(deltas) == portal.text
+        else:
+            answer = c.responses.create(model="coder-model", input="hi")
+            assert answer.output_text == portal.text
         assert portal.statuses(token_of(home)) == [429]
         assert portal.statuses(token_of(work)) == [200]
         deadline = time.monotonic() + 5
