@@ -96,7 +96,8 @@ def test_an_empty_bucket_excludes_and_says_when_a_token_is_back() -> None:
     result = unavailable(engine(state).pick(accounts(2), T0))
     assert result.retry_at == pytest.approx(T0 + 5)  # half a token at 0.1/s
     assert [s.state for s in result.statuses] == ["bucket_empty", "bucket_empty"]
-    assert result.retry_after_seconds(T0) == 5
+    # Whole seconds, rounded up: the moment carries a millisecond of slack.
+    assert result.retry_after_seconds(T0) == 6
 
 
 def test_a_cooling_account_in_hybrid_waits_for_its_bucket_too() -> None:

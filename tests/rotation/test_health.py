@@ -141,3 +141,21 @@ def test_assess_matches_the_readable_functions(
     )
     assert got == pytest.approx((want_health, want_tokens, want_score))
     assert 0 <= got[1] <= max_tokens
+
+
+@given(
+    now=st.floats(min_value=1.6e9, max_value=2.1e9),
+    tokens=st.floats(min_value=0.0, max_value=0.999),
+    ago=st.floats(min_value=0.0, max_value=5.0),
+    rate=st.floats(min_value=0.01, max_value=6000.0),
+)
+def test_the_bucket_holds_a_whole_token_at_the_ready_moment(
+    now: float, tokens: float, ago: float, rate: float
+) -> None:
+    # Epoch-scale float rounding must not leave it a hair short: a caller that
+    # waits until the returned moment would otherwise wait ~0 s forever.
+    cfg = TokenBucketConfig(max_tokens=50, regeneration_rate_per_minute=rate)
+    track = h.set_tokens(EMPTY_TRACK, now - ago, tokens, cfg)
+    ready = h.token_ready_at(track, now, cfg)
+    assert ready >= now
+    assert h.current_tokens(track, ready, cfg) >= 1.0

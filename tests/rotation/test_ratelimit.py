@@ -65,6 +65,11 @@ def test_header_retry_after(headers: dict[str, str], expected: float | None) -> 
         ({"message": "Too many requests, try again in 2 minutes"}, 120.0),
         ({"error": {"message": "retry in 1 hour"}}, 3600.0),
         ({"error": {"message": "retry after 3"}}, 3.0),
+        # Sub-second hints are clamped up to the 1 s floor, never read as minutes.
+        ({"error": {"message": "Please retry after 500 milliseconds"}}, 1.0),
+        ({"error": {"message": "retry after 1 millisecond"}}, 1.0),
+        ({"error": {"message": "retry after 2500 ms"}}, 2.5),
+        ({"error": {"message": "retry in 3 mins"}}, 180.0),
         ({"error": {"retry_after": "later"}}, None),
         ({"error": {"retry_after": True}}, None),
         ({"error": {"message": "Requests throttling triggered."}}, None),

@@ -82,12 +82,20 @@ def set_tokens(
     return track.model_copy(update={"tokens": value, "tokens_at": now})
 
 
+READY_SLACK = 1e-3
+"""Seconds added to a computed refill moment; see :func:`token_ready_at`."""
+
+
 def token_ready_at(track: AccountTrack, now: float, cfg: TokenBucketConfig) -> float:
     """The first moment at or after ``now`` when the bucket holds a whole token."""
     missing = 1.0 - current_tokens(track, now, cfg)
     if missing <= 0:
         return now
-    return now + missing * MINUTE / cfg.regeneration_rate_per_minute
+    # At epoch-scale times `now + delay` rounds by ~1e-7 s, which can leave the
+    # bucket a hair under one token at the returned moment, and a caller waiting
+    # until then would find nothing and wait for ~0 s again. A millisecond of slack
+    # is far above that rounding and far below anything a user could notice.
+    return now + missing * MINUTE / cfg.regeneration_rate_per_minute + READY_SLACK
 
 
 # --- hybrid score -------------------------------------------------------------------

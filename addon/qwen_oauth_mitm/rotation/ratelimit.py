@@ -57,7 +57,7 @@ _HINT_TEXT = re.compile(
 _DURATION_TEXT = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s)?\s*", re.IGNORECASE)
 _HINT_KEYS_SECONDS = ("retry_after", "retryafter", "retry_after_seconds", "retrydelay")
 _HINT_KEYS_MS = ("retry_after_ms", "retryafterms")
-_UNIT_SECONDS = {"ms": 0.001, "m": 60.0, "h": 3600.0}
+_UNIT_SECONDS = {"m": 60.0, "h": 3600.0}
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,10 +142,17 @@ def body_retry_after(payload: object) -> float | None:
                 return _bounded(s)
         for value in obj.values():
             if isinstance(value, str) and (m := _HINT_TEXT.search(value)):
-                unit = (m[2] or "s").lower()
-                factor = _UNIT_SECONDS.get(unit if unit == "ms" else unit[0], 1.0)
-                return _bounded(float(m[1]) * factor)
+                return _bounded(float(m[1]) * _unit_seconds(m[2]))
     return None
+
+
+def _unit_seconds(unit: str | None) -> float:
+    """Seconds in one ``unit`` as matched by ``_HINT_TEXT`` (default: seconds)."""
+    u = (unit or "s").lower()
+    # "ms"/"millisecond(s)" first: by its first letter it would read as minutes.
+    if u.startswith(("ms", "milli")):
+        return 0.001
+    return _UNIT_SECONDS.get(u[0], 1.0)
 
 
 def _http_date_delay(raw: str, now: float) -> float | None:
