@@ -268,3 +268,19 @@ def test_a_folder_that_cannot_be_created_is_a_store_error(tmp_path: Path) -> Non
     store = accounts_file(blocker / "sub" / "qwen-auth-accounts.json")
     with pytest.raises(StoreError, match="cannot create"):
         store.update(lambda f: f)
+
+
+@posix_only
+def test_signature_sees_a_same_size_rewrite_within_one_mtime_tick(
+    tmp_path: Path,
+) -> None:
+    store = JsonStateFile(
+        tmp_path / "c.json", Counter, default=Counter, on_corrupt="raise"
+    )
+    store.write(Counter(n=1))
+    st = (tmp_path / "c.json").stat()
+    first = store.signature()
+    store.write(Counter(n=2))  # same size
+    # A coarse file system would show the same mtime: pin it to the old one.
+    os.utime(tmp_path / "c.json", ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert store.signature() != first

@@ -168,13 +168,17 @@ class JsonStateFile[M: BaseModel]:
             atomic_write(self.path, _dump(new))
             return new
 
-    def signature(self) -> tuple[int, int] | None:
-        """(mtime_ns, size) of the file, to notice that another process changed it."""
+    def signature(self) -> tuple[int, ...] | None:
+        """A fingerprint of the file, to notice that another process changed it.
+
+        Every write replaces the file, so its inode changes even where mtime is
+        coarse (1-2 s on HFS+, FAT, SMB) and a rotated token keeps the size.
+        """
         try:
             st = self.path.stat()
         except OSError:
             return None
-        return (st.st_mtime_ns, st.st_size)
+        return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
 
     def _corrupt(self, why: str) -> M:
         if self._on_corrupt == "raise":
