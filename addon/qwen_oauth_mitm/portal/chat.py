@@ -65,6 +65,13 @@ class _Answer:
     drop_after: int | None = None
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # The default listen backlog (5) refuses connections under a burst of
+    # parallel requests, which would look like an upstream outage.
+    request_queue_size = 128
+
+
 class FakePortal:
     """A stand-in Qwen chat API; see the module docstring."""
 
@@ -85,8 +92,7 @@ class FakePortal:
         self.requests: list[PortalRequest] = []
         self._faults: dict[str, list[Fault]] = {}
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer((host, port), _make_handler(self))
-        self._server.daemon_threads = True
+        self._server = _Server((host, port), _make_handler(self))
         self._thread: threading.Thread | None = None
 
     @property
