@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import re
+import time
+import traceback
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
 
 from qwen_oauth_mitm import redact
+from qwen_oauth_mitm.errors import CorruptStateError
 from qwen_oauth_mitm.redact import (
     RedactingFilter,
     SecretRegistry,
     fingerprint,
     install_redaction,
 )
+from qwen_oauth_mitm.store import accounts_file
 
 TOKEN = "at-9f8e7d6c5b4a39281706"
 REFRESH = "rt-0123456789abcdefXYZ"
@@ -99,6 +105,113 @@ def test_patterns_catch_unknown_secrets(text: str, gone: str) -> None:
     out = SecretRegistry().redact(text)
     assert gone not in out
     assert "[redacted" in out
+
+
+@pytest.mark.parametrize(
+    ("text", "gone"),
+    [
+        # Python reprs (a dict in an error message, pydantic's input_value)
+        ("{'access_token': 'unknown-repr-1', 'x': 1}", "unknown-repr-1"),
+        ("input_value={'id': 'a', 'refresh_token': 'rt-unknown-h5678'}", "h5678"),
+        ("{'api_key': 'sk-unknown-repr-2'}", "sk-unknown-repr-2"),
+        # header / YAML style
+        ("access_token: unknown-yaml-3", "unknown-yaml-3"),
+        ("refresh_token:unknown-yaml-4", "unknown-yaml-4"),
+        ('access_token: "unknown-yaml-5"', "unknown-yaml-5"),
+        ("x-api-key: sk-unknownheader6", "sk-unknownheader6"),
+        ("X-Api-Key:sk-unknownheader7", "sk-unknownheader7"),
+        ("api-key: sk-unknownheader8", "sk-unknownheader8"),
+        ("api_key=sk-unknown-form-9", "sk-unknown-form-9"),
+        ("apikey: sk-unknown-10", "sk-unknown-10"),
+        # query strings
+        ("GET https://h/x?token=unknown-url-11&a=1", "unknown-url-11"),
+        ("https://h/cb?a=1&access_token=unknown-url-12#f", "unknown-url-12"),
+        ("https://h/cb?code=unknown-url-13&state=s", "unknown-url-13"),
+        ("https://h/v1?key=AIzaunknown14", "AIzaunknown14"),
+        # JSON with other spacing, escaped inside a string, camelCase
+        ('{"refresh_token" :  "unknown-json-15"}', "unknown-json-15"),
+        ('{ "refresh_token"\t:\n"unknown-json-16" }', "unknown-json-16"),
+        ('"{\\"access_token\\":\\"unknown-esc-17\\"}"', "unknown-esc-17"),
+        ('{"accessToken": "unknown-camel-18"}', "unknown-camel-18"),
+        ('{"client_secret": "unknown-secret-19"}', "unknown-secret-19"),
+        # other Authorization schemes
+        ("Authorization: Basic dXNlcjpwYXNzd29yZA==", "dXNlcjpwYXNzd29yZA"),
+        ("authorization: Token unknown-tok-20", "unknown-tok-20"),
+        ("{'authorization': 'unknown-raw-21'}", "unknown-raw-21"),
+        ("Proxy-Authorization: Basic cHJveHk6c2VjcmV0", "cHJveHk6c2VjcmV0"),
+    ],
+)
+def test_patterns_catch_other_notations(text: str, gone: str) -> None:
+    out = SecretRegistry().redact(text)
+    assert gone not in out, out
+    assert "[redacted" in out
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "grant_type=refresh_token&client_id=abc",
+        '{"token_type": "Bearer", "expires_in": 3600}',
+        "could not refresh the token of account work: HTTP 500",
+        "{'refresh_token': None, 'access_token': null}",
+        "https://h/v1/chat/completions?stream=true",
+        "Basic authentication is not supported",
+    ],
+)
+def test_patterns_leave_ordinary_text_alone(text: str) -> None:
+    assert SecretRegistry().redact(text) == text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "access_token" * 20_000,
+        "access_token:" * 20_000,
+        "'access_token'" * 20_000,
+        "authorization: " + "a" * 200_000,
+        "authorization: " * 20_000,
+        '{"access_token": "' + "\\a" * 100_000,
+        "Bearer " * 30_000,
+        "?token=" * 30_000,
+        "x-api-key" + " " * 200_000 + "x",
+    ],
+)
+def test_patterns_take_linear_time(text: str) -> None:
+    started = time.perf_counter()
+    SecretRegistry().redact(text)
+    assert time.perf_counter() - started < 1.0
+
+
+def test_a_corrupt_accounts_file_error_reveals_no_token(tmp_path: Path) -> None:
+    """An account without ``added_at``: pydantic's input values stay out of it."""
+    access, refresh = "at-corrupt-secret-a1b2c3d4", "rt-corrupt-secret-e5f6h5678"
+    account = {  # pydantic shows the start and the end of the input: tokens there
+        "access_token": access,
+        "id": "acct_x",
+        "label": "x",
+        "kind": "oauth",
+        "expires_at": 1.0,
+        "updated_at": 1.0,
+        "refresh_token": refresh,
+    }
+    path = tmp_path / "qwen-auth-accounts.json"
+    path.write_text(json.dumps({"version": 1, "accounts": [account]}))
+    with pytest.raises(CorruptStateError) as info:
+        accounts_file(path).read()
+    error = info.value
+    assert "added_at" in str(error)  # still says what is wrong, and where
+    texts = {
+        "str": str(error),
+        "repr": repr(error),
+        "cause": repr(error.__cause__) + str(error.__cause__),
+        "context": repr(error.__context__) + str(error.__context__),
+        "traceback": "".join(traceback.format_exception(error)),
+    }
+    for where, text in texts.items():
+        for token in (access, refresh):
+            assert token not in text, where
+            assert token[-5:] not in text, where
+            assert token[:7] not in text, where
 
 
 def test_patterns_leave_other_text_alone() -> None:

@@ -7,10 +7,17 @@ Two layers, because neither alone is enough:
   replaced by a short fingerprint (``[redacted …a1b2]``, four hex digits of its
   SHA-256, so two log lines about the same token can be matched without revealing
   a single character of it);
-- patterns for secrets we have not seen yet: ``Bearer <token>``, and the values of
-  ``access_token`` / ``refresh_token`` / ``id_token`` / ``device_code`` /
-  ``code_verifier`` / ``api_key`` in JSON (``"access_token": "…"``) or forms
-  (``refresh_token=…``).
+- patterns for secrets we have not seen yet: ``Bearer <token>``; the value of an
+  ``Authorization`` (or ``Proxy-Authorization``) header whatever its scheme
+  (``Basic …``); the values of ``access_token`` / ``refresh_token`` / ``id_token``
+  (also ``accessToken``, ``access-token``) / ``device_code`` / ``code_verifier`` /
+  ``client_secret`` / ``password`` / ``api_key`` (``apikey``, ``api-key``,
+  ``x-api-key``) in JSON (``"access_token": "…"``, also escaped inside a JSON
+  string), Python reprs (``{'access_token': '…'}``), headers and YAML
+  (``x-api-key: …``) and forms (``refresh_token=…``); and the query parameters
+  ``token`` / ``key`` / ``code`` / ``secret`` / ``password`` of a URL
+  (``?token=…``). Every pattern is anchored on a literal key and has no nested or
+  overlapping repetition, so it runs in linear time on any input.
 
 :class:`RedactingFilter` applies both to every log record that passes a handler
 (message, arguments and traceback); :func:`install_redaction` puts it on handlers.
@@ -32,17 +39,31 @@ MAX_REGISTERED = 4096
 """Oldest secrets are forgotten past this many (tokens rotate every few hours)."""
 
 _SECRET_KEYS = (
-    "access_token",
-    "refresh_token",
-    "id_token",
-    "device_code",
-    "code_verifier",
-    "api_key",
-    "apikey",
+    "access[-_]?token",
+    "refresh[-_]?token",
+    "id[-_]?token",
+    "device[-_]?code",
+    "code[-_]?verifier",
+    "client[-_]?secret",
+    "password",
+    "(?:x-)?api[-_]?key",
 )
 _KEYS = "|".join(_SECRET_KEYS)
+_QUERY_KEYS = "token|key|code|secret|password"
+_Q = r"""\\?["']"""  # a quote, maybe escaped (JSON inside a JSON string)
+_VALUE = r"""(?!(?:null|None|true|false)\b)[^\s"'\\&,;<>()\[\]{}]+"""
+"""A token: up to a space, quote, backslash or separator; not a JSON/Python null."""
+
 _JSON_VALUE = re.compile(rf'("(?:{_KEYS})"\s*:\s*")([^"\\]*(?:\\.[^"\\]*)*)(")', re.I)
-_FORM_VALUE = re.compile(rf"(\b(?:{_KEYS})=)([^&\s\"']+)", re.I)
+# key then ``:`` or ``=`` then the value, the key and value each maybe quoted:
+# JSON, reprs, headers, YAML, forms.
+_KEY_VALUE = re.compile(rf"(\b(?:{_KEYS})(?:{_Q})?\s*[:=]\s*(?:{_Q})?)({_VALUE})", re.I)
+_QUERY_VALUE = re.compile(rf"([?&;](?:{_QUERY_KEYS})=)([^&#\s\"'<>]+)", re.I)
+_AUTHORIZATION = re.compile(
+    rf"(\b(?:proxy-)?authorization(?:{_Q})?\s*[:=]\s*(?:{_Q})?"
+    rf"(?:(?:Basic|Bearer|Token|Digest|Negotiate|NTLM)\s+)?)({_VALUE})",
+    re.I,
+)
 _BEARER = re.compile(r"(\bBearer\s+)([A-Za-z0-9._~+/=-]{4,})", re.I)
 
 
@@ -92,7 +113,9 @@ class SecretRegistry:
         if pattern is not None:
             text = pattern.sub(lambda m: known.get(m[0], "[redacted]"), text)
         text = _JSON_VALUE.sub(_hide_group2, text)
-        text = _FORM_VALUE.sub(_hide_group2, text)
+        text = _KEY_VALUE.sub(_hide_group2, text)
+        text = _QUERY_VALUE.sub(_hide_group2, text)
+        text = _AUTHORIZATION.sub(_hide_group2, text)
         return _BEARER.sub(_hide_group2, text)
 
 

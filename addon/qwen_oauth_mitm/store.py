@@ -155,7 +155,10 @@ class JsonStateFile[M: BaseModel]:
         try:
             return self._model.model_validate_json(raw)
         except ValidationError as e:
-            return self._corrupt(_describe(e))
+            why = _describe(e)
+        # Outside the handler: the ValidationError shows the input (tokens and all),
+        # so it must not become the context of what we raise.
+        return self._corrupt(why)
 
     def write(self, value: M) -> None:
         with self.locked():
@@ -186,7 +189,7 @@ class JsonStateFile[M: BaseModel]:
                 f"{self.path} is not a valid state file ({why}). It was left as it "
                 "is: fix it, or move it away and log in again.",
                 path=self.path,
-            )
+            ) from None
         aside = self.path.with_name(
             f"{self.path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}"
         )
@@ -225,6 +228,13 @@ def _dump(value: BaseModel) -> bytes:
 
 
 def _describe(error: ValidationError) -> str:
-    first = error.errors()[0]
+    """What is wrong and where, never the input (the file holds tokens)."""
+    errors = error.errors(include_url=False, include_context=False, include_input=False)
+    first = errors[0]
     where = ".".join(str(p) for p in first["loc"]) or "top level"
-    return f"{first['msg']} at {where}"
+    # A validator's own message may quote the value it refused: name the type only.
+    what = first["type"] if first["type"] in _MAY_QUOTE_INPUT else first["msg"]
+    return f"{what} at {where}"
+
+
+_MAY_QUOTE_INPUT = frozenset({"value_error", "assertion_error"})

@@ -18,8 +18,9 @@ import filelock
 import pytest
 from pydantic import SecretStr
 
+from qwen_oauth_mitm import store as store_mod
 from qwen_oauth_mitm.accounts import Account, AccountsFile
-from qwen_oauth_mitm.errors import StoreError
+from qwen_oauth_mitm.errors import CorruptStateError, StoreError
 from qwen_oauth_mitm.oauth import tokens as tokens_mod
 from qwen_oauth_mitm.oauth.client import OAuthClient
 from qwen_oauth_mitm.oauth.errors import NeedsRelogin, TransientAuthError
@@ -279,23 +280,164 @@ async def test_a_server_error_with_an_expired_token_raises(
     assert not store.read().accounts[0].needs_relogin
 
 
-async def test_a_failed_write_never_hands_out_the_new_token(
+def _fail_once_after_the_refresh(
+    monkeypatch: pytest.MonkeyPatch, client: OAuthClient, store: Store, how: str
+) -> list[str]:
+    """After the server answered a refresh, the next write (or read) fails once."""
+    armed: list[str] = []
+    real_refresh = client.refresh
+    real_write = store_mod.atomic_write
+    real_read = store.read
+
+    async def refresh(refresh_token: str) -> Any:
+        answer = await real_refresh(refresh_token)
+        armed.append(how)
+        return answer
+
+    def write(path: Path, data: bytes) -> None:
+        if armed and armed[-1] == "disk full":
+            armed.pop()
+            raise StoreError(f"cannot write {path}: No space left on device", path=path)
+        real_write(path, data)
+
+    def read() -> AccountsFile:
+        if armed and armed[-1] == "corrupt":
+            armed.pop()
+            raise CorruptStateError(f"{store.path} is not valid", path=store.path)
+        return real_read()
+
+    monkeypatch.setattr(client, "refresh", refresh)
+    monkeypatch.setattr(tokens_mod, "atomic_write", write)
+    monkeypatch.setattr(store, "read", read)
+    return armed
+
+
+def _refresh_tokens_sent(fake: FakeQwenOAuth) -> list[str]:
+    return [r.form["refresh_token"] for r in fake.requests if "refresh_token" in r.form]
+
+
+@pytest.mark.parametrize("how", ["disk full", "corrupt"])
+@pytest.mark.parametrize("offset", [-10, 60], ids=["expired", "expiring"])
+async def test_a_failed_write_after_a_rotation_keeps_the_new_tokens(
+    store: Store,
+    fake: FakeQwenOAuth,
+    client: OAuthClient,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    how: str,
+    offset: float,
+) -> None:
+    (acct,) = seed(store, fake, ("a", offset))
+    old_refresh = secret(acct, "refresh_token")
+    before = store.path.read_bytes()
+    _fail_once_after_the_refresh(monkeypatch, client, store, how)
+    mgr = manager(store, client)
+    with caplog.at_level(logging.WARNING):
+        token = await mgr.access_token(acct.id)
+    # the server rotated the refresh token: the new tokens are the truth now
+    assert fake.counts["refresh"] == 1
+    assert token != secret(acct, "access_token")
+    assert fake.is_valid_access_token(token)
+    assert store.path.read_bytes() == before  # nothing was saved...
+    unsaved = [r for r in caplog.records if "could not be saved" in r.getMessage()]
+    assert len(unsaved) == 1  # ...and it was said loudly, once
+    assert unsaved[0].levelno >= logging.ERROR
+    assert old_refresh not in caplog.text
+    assert token not in caplog.text
+    # the disk recovered: the next demand saves the rotated refresh token, with
+    # no request to the server (and never one with the retired refresh token)
+    again = await mgr.ensure_fresh(acct.id)
+    assert secret(again, "access_token") == token
+    on_disk = store.read().accounts[0]
+    assert secret(on_disk, "access_token") == token
+    assert secret(on_disk, "refresh_token") != old_refresh
+    assert secret(on_disk, "refresh_token") in fake.issued
+    assert not on_disk.needs_relogin
+    assert fake.counts["refresh"] == 1
+    assert _refresh_tokens_sent(fake) == [old_refresh]
+    assert (
+        len([r for r in caplog.records if "could not be saved" in r.getMessage()]) == 1
+    )
+
+
+async def test_an_unsaved_login_is_refreshed_with_its_own_refresh_token(
     store: Store,
     fake: FakeQwenOAuth,
     client: OAuthClient,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """While the disk stays broken, the next refresh uses the unsaved refresh token."""
+    now = [time.time()]
     (acct,) = seed(store, fake, ("a", -10))
-    before = store.path.read_bytes()
+    old_refresh = secret(acct, "refresh_token")
+    disk_ok = [True]
+    real_write = store_mod.atomic_write
 
-    def broken(path: Path, data: bytes) -> None:
-        raise StoreError("disk full", path=path)
+    def write(path: Path, data: bytes) -> None:
+        if not disk_ok[0]:
+            raise StoreError(f"cannot write {path}: No space left on device", path=path)
+        real_write(path, data)
 
-    monkeypatch.setattr(tokens_mod, "atomic_write", broken)
-    with pytest.raises(StoreError):
-        await manager(store, client).access_token(acct.id)
+    monkeypatch.setattr(tokens_mod, "atomic_write", write)
+    mgr = manager(store, client, clock=lambda: now[0])
+    disk_ok[0] = False
+    first = await mgr.access_token(acct.id)
+    assert fake.is_valid_access_token(first)
+    now[0] += fake.token_lifetime  # the unsaved token is expiring now
+    second = await mgr.access_token(acct.id)
+    assert second not in (first, secret(acct, "access_token"))
+    assert fake.is_valid_access_token(second)
+    sent = _refresh_tokens_sent(fake)
+    assert len(sent) == 2
+    assert sent[0] == old_refresh
+    assert sent[1] != old_refresh  # never the retired one
+    assert not store.read().accounts[0].needs_relogin
+    disk_ok[0] = True
+    await mgr.ensure_fresh(acct.id)
+    on_disk = store.read().accounts[0]
+    assert secret(on_disk, "access_token") == second
+    assert secret(on_disk, "refresh_token") not in (old_refresh, sent[1])
+    assert not on_disk.needs_relogin
+    assert fake.counts["refresh"] == 2
+
+
+async def test_a_rejected_token_is_not_handed_back_by_a_shared_failed_refresh(
+    store: Store, fake: FakeQwenOAuth, client: OAuthClient
+) -> None:
+    """A 401-ed caller joining a plain refresh that fails gets an error, not T."""
+    fake.refresh_failure = "server_error"
+    fake.refresh_delay = 0.2
+    (acct,) = seed(store, fake, ("a", 60))  # expiring but still valid
+    old = secret(acct, "access_token")
+    mgr = manager(store, client)
+    plain = asyncio.ensure_future(mgr.ensure_fresh(acct.id))
+    await asyncio.sleep(0.05)
+    rejected = asyncio.ensure_future(mgr.after_unauthorized(acct.id, old))
+    results = await asyncio.gather(plain, rejected, return_exceptions=True)
     assert fake.counts["refresh"] == 1
-    assert store.path.read_bytes() == before
+    assert isinstance(results[0], Account)
+    assert secret(results[0], "access_token") == old  # still fine for a plain caller
+    assert isinstance(results[1], TransientAuthError)
+    assert not store.read().accounts[0].needs_relogin
+
+
+async def test_a_failed_forced_refresh_spares_waiters_whose_token_works(
+    store: Store, fake: FakeQwenOAuth, client: OAuthClient
+) -> None:
+    """The ``refresh`` command failing does not fail a plain caller that joined it."""
+    fake.refresh_failure = "server_error"
+    fake.refresh_delay = 0.2
+    (acct,) = seed(store, fake, ("a", 60))  # expiring but still valid
+    old = secret(acct, "access_token")
+    mgr = manager(store, client)
+    forced = asyncio.ensure_future(mgr.refresh(acct.id))
+    await asyncio.sleep(0.05)
+    plain = asyncio.ensure_future(mgr.ensure_fresh(acct.id))
+    results = await asyncio.gather(forced, plain, return_exceptions=True)
+    assert fake.counts["refresh"] == 1
+    assert isinstance(results[0], TransientAuthError)
+    assert isinstance(results[1], Account)
+    assert secret(results[1], "access_token") == old
 
 
 async def test_key_accounts_never_refresh(

@@ -12,7 +12,16 @@ One :class:`TokenManager` per process (the addon's, or the CLI's). Rules:
   after taking it; when another process has refreshed meanwhile, its token is used
   and no request is made. (Two refreshes of one refresh token can kill it.)
 - The new tokens, including a rotated refresh token, are written to the file
-  before the new access token is handed to anyone.
+  before the new access token is handed to anyone. When that write fails (disk
+  full, a file another process broke), the server has already retired the old
+  refresh token, so the new tokens are the truth: they are kept in memory
+  (*unsaved*) and used, an error is logged once, and every later demand first
+  retries saving them. The retired refresh token is never sent again; a refresh
+  needed meanwhile uses the unsaved one.
+- Concurrent callers share one refresh, but each decides for itself what its
+  outcome means: a caller whose token was refused (401) never gets that token
+  back, and a caller whose token still works is not failed by someone else's
+  forced refresh that failed.
 - A refresh answered 400/401 marks the account ``needs_relogin`` (with the reason),
   logs the account and the command to run, and raises :class:`NeedsRelogin`; other
   accounts are untouched. Network errors, timeouts and 5xx are transient: nothing
@@ -31,6 +40,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
 
 import filelock
 from pydantic import SecretStr
@@ -39,7 +49,11 @@ from qwen_oauth_mitm import redact
 from qwen_oauth_mitm.accounts import Account, AccountsFile
 from qwen_oauth_mitm.errors import AuthError, QwenError, StoreError
 from qwen_oauth_mitm.oauth.client import OAuthClient
-from qwen_oauth_mitm.oauth.errors import NeedsRelogin, relogin_command
+from qwen_oauth_mitm.oauth.errors import (
+    NeedsRelogin,
+    TransientAuthError,
+    relogin_command,
+)
 from qwen_oauth_mitm.oauth.protocol import TokenSet
 from qwen_oauth_mitm.store import JsonStateFile, atomic_write, ensure_private_dir
 from qwen_oauth_mitm.tasks import spawn
@@ -86,6 +100,39 @@ def mark_needs_relogin(account: Account, reason: str, now: float) -> Account:
     )
 
 
+@dataclass(frozen=True)
+class _Unsaved:
+    """Tokens a refresh returned that could not be written to the file yet."""
+
+    tokens: TokenSet
+    received_at: float
+    based_on: str | None
+    """The refresh token they replaced (retired by the server when it rotated)."""
+
+    def apply(self, account: Account) -> Account | None:
+        """``account`` with these tokens; None when the file moved on without us
+        (another login replaced the refresh token these were based on)."""
+        if not _same(_secret(account, "refresh_token"), self.based_on):
+            return None
+        return apply_tokens(account, self.tokens, self.received_at)
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """What a shared refresh task ended with; each waiter judges it for itself."""
+
+    account: Account | None
+    """The account afterwards: refreshed, or the current one when ``error``."""
+    error: QwenError | None = None
+    """The transient failure of the refresh, if it failed."""
+    refreshed: bool = False
+    """True when this task got new tokens from the server."""
+
+
+MAX_JOINS = 3
+"""Shared refreshes a caller waits for before giving up (see :meth:`_ensure`)."""
+
+
 def _same(a: str | None, b: str | None) -> bool:
     return a is not None and b is not None and secrets.compare_digest(a, b)
 
@@ -116,8 +163,9 @@ class TokenManager:
         self._lock_path = str(store.path) + ".lock"
         self._lock_timeout = lock_timeout
         self._cache: AccountsFile | None = None
-        self._signature: tuple[int, int] | None = None
-        self._inflight: dict[str, asyncio.Task[Account]] = {}
+        self._signature: tuple[int, ...] | None = None
+        self._inflight: dict[str, asyncio.Task[_Outcome]] = {}
+        self._unsaved: dict[str, _Unsaved] = {}
         self._mutex: asyncio.Lock | None = None
         self._retry_after: dict[str, float] = {}
         self.refreshes = 0
@@ -126,15 +174,44 @@ class TokenManager:
     # --- reading ----------------------------------------------------------------
 
     async def accounts(self) -> AccountsFile:
-        """The accounts, re-read only when the file changed since the last read."""
+        """The accounts, re-read only when the file changed since the last read.
+
+        Tokens that could not be saved yet replace the file's (they are newer).
+        """
         signature = self.store.signature()
         if self._cache is None or signature != self._signature:
-            self._remember(await asyncio.to_thread(self.store.read), signature)
+            try:
+                self._remember(await asyncio.to_thread(self.store.read), signature)
+            except StoreError:
+                if self._cache is None or not self._unsaved:
+                    raise
+                # Unreadable now, but we hold tokens newer than the file anyway.
         assert self._cache is not None
-        return self._cache
+        return self._with_unsaved(self._cache)
+
+    def _with_unsaved(self, accounts: AccountsFile) -> AccountsFile:
+        for account_id, unsaved in list(self._unsaved.items()):
+            current = accounts.get(account_id)
+            newer = None if current is None else unsaved.apply(current)
+            if newer is None:
+                log.warning(
+                    "dropping the unsaved tokens of account %s: the accounts file "
+                    "has another login for it now",
+                    current.label if current else account_id,
+                )
+                del self._unsaved[account_id]
+            else:
+                accounts = accounts.put(newer)
+        return accounts
+
+    def _current(self, account_id: str) -> Account | None:
+        """The last known state of the account (unsaved tokens included)."""
+        if self._cache is None:
+            return None
+        return self._with_unsaved(self._cache).get(account_id)
 
     def _remember(
-        self, accounts: AccountsFile, signature: tuple[int, int] | None = None
+        self, accounts: AccountsFile, signature: tuple[int, ...] | None = None
     ) -> None:
         register_secrets(accounts)
         self._cache = accounts
@@ -204,31 +281,71 @@ class TokenManager:
     async def _ensure(
         self, account_id: str, *, force: bool, rejected: str | None
     ) -> Account:
-        account = await self.account(account_id)
-        now = self.clock()
-        if account.kind != "oauth":
-            return account
-        self._check_usable(account)
-        if not self._wants_refresh(account, now, force=force, rejected=rejected):
-            return account
-        if (
-            not force
-            and rejected is None
-            and now < self._retry_after.get(account_id, 0.0)
-            and self._still_valid(account, now)
+        result: Account | None = None
+        for _ in range(MAX_JOINS):
+            account = await self.account(account_id)
+            now = self.clock()
+            if account.kind != "oauth":
+                return account
+            self._check_usable(account)
+            unsaved = account_id in self._unsaved
+            if not unsaved and not self._wants_refresh(
+                account, now, force=force, rejected=rejected
+            ):
+                return account
+            if (
+                not unsaved
+                and not force
+                and rejected is None
+                and now < self._retry_after.get(account_id, 0.0)
+                and self._still_valid(account, now)
+            ):
+                return account  # a refresh just failed transiently; the token works
+            task = self._inflight.get(account_id)
+            mine = task is None
+            if task is None:
+                task = spawn(
+                    self._refresh_guarded(account_id, force=force, rejected=rejected),
+                    name=f"refresh {account_id}",
+                )
+                self._inflight[account_id] = task
+                task.add_done_callback(lambda t: self._forget(account_id, t))
+            outcome = await asyncio.shield(task)
+            # The task ran with its starter's flags: judge the outcome with ours.
+            result = outcome.account
+            if outcome.error is not None:
+                if result is not None and self._usable_despite_failure(
+                    result, force=force, rejected=rejected
+                ):
+                    return result
+                raise outcome.error
+            assert result is not None
+            if mine or (
+                (outcome.refreshed or not force)
+                and not self._wants_refresh(
+                    result, self.clock(), force=False, rejected=rejected
+                )
+            ):
+                return result
+            # The shared task did not do what we need (renew the token refused to
+            # us, or refresh at all when forced): start our own.
+        if result is not None and self._usable_despite_failure(
+            result, force=force, rejected=rejected
         ):
-            return account  # a refresh just failed transiently; the token still works
-        task = self._inflight.get(account_id)
-        if task is None:
-            task = spawn(
-                self._refresh_guarded(account_id, force=force, rejected=rejected),
-                name=f"refresh {account_id}",
-            )
-            self._inflight[account_id] = task
-            task.add_done_callback(lambda t: self._forget(account_id, t))
-        return await asyncio.shield(task)
+            return result
+        raise TransientAuthError(
+            f"could not get a new token for account {account_id!r}; try again later"
+        )
 
-    def _forget(self, account_id: str, task: asyncio.Task[Account]) -> None:
+    def _usable_despite_failure(
+        self, account: Account, *, force: bool, rejected: str | None
+    ) -> bool:
+        """After a failed refresh: may this caller still use ``account``'s token?"""
+        if force or not self._still_valid(account, self.clock()):
+            return False
+        return rejected is None or not _same(_secret(account, "access_token"), rejected)
+
+    def _forget(self, account_id: str, task: asyncio.Task[_Outcome]) -> None:
         if self._inflight.get(account_id) is task:
             del self._inflight[account_id]
         if not task.cancelled():
@@ -256,28 +373,59 @@ class TokenManager:
 
     async def _refresh_guarded(
         self, account_id: str, *, force: bool, rejected: str | None
-    ) -> Account:
+    ) -> _Outcome:
         try:
             async with self._file_lock():
                 # Re-read under the lock: another process may have refreshed already.
                 current = await asyncio.to_thread(self.store.read)
                 self._remember(current)
-                account = current.get(account_id)
+                await self._save_unsaved(account_id)
+                account = self._current(account_id)
                 if account is None:
                     raise UnknownAccount(f"no account with id {account_id!r}")
                 self._check_usable(account)
+                now = self.clock()
                 if not self._wants_refresh(
-                    account, self.clock(), force=force, rejected=rejected
+                    account, now, force=force, rejected=rejected
                 ):
-                    log.debug(
-                        "account %s was refreshed by another process", account.label
-                    )
-                    return account
-                return await self._refresh_locked(account)
+                    log.debug("account %s needs no refresh now", account.label)
+                    return _Outcome(account)
+                if (
+                    not force
+                    and rejected is None
+                    and now < self._retry_after.get(account_id, 0.0)
+                    and self._still_valid(account, now)
+                ):
+                    return _Outcome(account)  # came to save unsaved tokens only
+                return _Outcome(await self._refresh_locked(account), refreshed=True)
         except (NeedsRelogin, UnknownAccount):
             raise
         except QwenError as e:
-            return self._after_transient(account_id, e, force=force, rejected=rejected)
+            return self._after_transient(account_id, e)
+
+    async def _save_unsaved(self, account_id: str) -> None:
+        """Try again to write tokens a refresh returned; the caller holds the lock."""
+        unsaved = self._unsaved.get(account_id)
+        if unsaved is None or self._current(account_id) is None:
+            return  # nothing pending (or the file has another login now)
+
+        def change(f: AccountsFile) -> AccountsFile:
+            return f.edit(account_id, lambda a: unsaved.apply(a) or a)
+
+        try:
+            written = await self._write(change)
+        except StoreError as e:
+            log.debug("still cannot save the new tokens: %s", redact.redact(str(e)))
+            return
+        if self._unsaved.get(account_id) is unsaved:
+            del self._unsaved[account_id]
+        saved = written.get(account_id)
+        log.warning(
+            "the new login of account %s (%s) is saved to %s now",
+            saved.label if saved else account_id,
+            account_id,
+            self.store.path,
+        )
 
     async def _refresh_locked(self, account: Account) -> Account:
         """Refresh ``account``; the caller holds the file lock."""
@@ -295,6 +443,7 @@ class TokenManager:
             tokens = await self.client.refresh(refresh_token)
         except NeedsRelogin as e:
             reason = redact.redact(e.reason or str(e))
+            self._unsaved.pop(account.id, None)  # its refresh token is dead too
             await self._write(
                 lambda f: f.edit(
                     account.id, lambda a: mark_needs_relogin(a, reason, self.clock())
@@ -302,11 +451,37 @@ class TokenManager:
             )
             raise self._log_relogin(account, reason) from None
         now = self.clock()
-        # Persist first: a rotated refresh token must survive a crash right after.
-        written = await self._write(
-            lambda f: f.edit(account.id, lambda a: apply_tokens(a, tokens, now))
-        )
+        redact.register(tokens.access_token, tokens.refresh_token)
+        if tokens.refresh_token is None:  # not rotated: the one we sent stays good
+            tokens = replace(tokens, refresh_token=refresh_token)
         self._retry_after.pop(account.id, None)
+        # ``account`` may carry unsaved tokens: the file holds the ones they replaced.
+        unsaved = _Unsaved(tokens, now, based_on=self._file_refresh_token(account.id))
+        previous = self._unsaved.get(account.id)
+        # Persist first: a rotated refresh token must survive a crash right after.
+        try:
+            written = await self._write(
+                lambda f: f.edit(account.id, lambda a: unsaved.apply(a) or a)
+            )
+        except StoreError as e:
+            # The server has retired the old refresh token: these tokens are the
+            # only good ones now. Keep them, use them, and save them later.
+            self._unsaved[account.id] = unsaved
+            if previous is None:
+                log.error(
+                    "the new login of account %s (%s) could not be saved: %s. It is "
+                    "kept in memory and used; saving is retried on every use. If "
+                    "this process stops first, the account needs a new login: %s",
+                    account.label,
+                    account.id,
+                    redact.redact(str(e)),
+                    relogin_command(account.label),
+                )
+            fresh = self._current(account.id)
+            if fresh is None:
+                raise UnknownAccount(f"account {account.label!r} was removed") from None
+            return fresh
+        self._unsaved.pop(account.id, None)
         fresh = written.get(account.id)
         if fresh is None:  # removed while we were refreshing
             raise UnknownAccount(f"account {account.label!r} was removed")
@@ -317,6 +492,11 @@ class TokenManager:
             _duration(fresh.expires_at - now if fresh.expires_at else None),
         )
         return fresh
+
+    def _file_refresh_token(self, account_id: str) -> str | None:
+        """The refresh token the file (as last read) holds for the account."""
+        on_file = self._cache.get(account_id) if self._cache else None
+        return None if on_file is None else _secret(on_file, "refresh_token")
 
     async def _write(
         self, change: Callable[[AccountsFile], AccountsFile]
@@ -343,28 +523,17 @@ class TokenManager:
         )
         return _relogin_error(account, reason)
 
-    def _after_transient(
-        self, account_id: str, error: QwenError, *, force: bool, rejected: str | None
-    ) -> Account:
+    def _after_transient(self, account_id: str, error: QwenError) -> _Outcome:
         self._retry_after[account_id] = self.clock() + self.transient_backoff
-        account = self._cache.get(account_id) if self._cache else None
-        usable = (
-            account is not None
-            and not force
-            and rejected is None
-            and self._still_valid(account, self.clock())
-        )
+        account = self._current(account_id)
         label = account.label if account else account_id
         log.warning(
-            "could not refresh the token of account %s: %s%s",
+            "could not refresh the token of account %s: %s (retrying in %s)",
             label,
             redact.redact(str(error)),
-            "; the current token still works, retrying later" if usable else "",
+            _duration(self.transient_backoff),
         )
-        if usable:
-            assert account is not None
-            return account
-        raise error
+        return _Outcome(account, error)
 
 
 def _relogin_error(account: Account, reason: str) -> NeedsRelogin:
