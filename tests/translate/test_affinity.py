@@ -6,8 +6,11 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
 from qwen_oauth_mitm.translate import (
+    TranslationError,
     chat_conversation_key,
     conversation_key,
     translate_request,
@@ -84,6 +87,133 @@ def test_agreement_with_images_and_system_parts() -> None:
     }
     chat = translate_request(body).chat
     assert conversation_key(body) == chat_conversation_key(chat)
+
+
+def test_agreement_with_audio_and_refusal_parts() -> None:
+    body = {
+        "model": "m",
+        "input": [
+            {
+                "role": "system",
+                "content": [
+                    {"type": "input_text", "text": "s"},
+                    {"type": "refusal", "refusal": "r"},
+                    {"type": "input_text", "text": ""},
+                ],
+            },
+            {
+                "role": "user",
+                "content": [
+                    {"type": "input_text", "text": "hi"},
+                    {"type": "input_audio", "input_audio": {"data": "AA"}},
+                    {"type": "refusal", "refusal": "no"},
+                ],
+            },
+        ],
+    }
+    chat = translate_request(body).chat
+    assert conversation_key(body) == chat_conversation_key(chat)
+
+
+def test_agreement_when_a_folded_system_message_is_the_first_user_turn() -> None:
+    body = {
+        "model": "m",
+        "input": [
+            {"role": "assistant", "content": "hello"},
+            {"role": "system", "content": "s1"},
+            {"type": "reasoning", "summary": []},
+            {"role": "developer", "content": "s2"},
+            {"role": "user", "content": "q"},
+        ],
+    }
+    chat = translate_request(body).chat
+    assert conversation_key(body) == chat_conversation_key(chat)
+
+
+_texts = st.sampled_from(["", "a", "b", "q", " ", "a\n\nb", "[system] a"])
+_text_parts = st.one_of(
+    st.builds(lambda t: {"type": "input_text", "text": t}, _texts),
+    st.builds(lambda t: {"type": "output_text", "text": t}, _texts),
+    st.builds(lambda t: {"type": "refusal", "refusal": t}, _texts),
+)
+_user_parts = st.one_of(
+    _text_parts,
+    st.just({"type": "input_audio", "input_audio": {"data": "AA", "format": "wav"}}),
+    st.builds(
+        lambda url, detail: {"type": "input_image", "image_url": url, **detail},
+        st.sampled_from(["https://x/i.png", "data:image/png;base64,AA", "a"]),
+        st.sampled_from([{}, {"detail": "low"}]),
+    ),
+    st.builds(
+        lambda name: {
+            "type": "input_file",
+            "file_data": "data:application/pdf;base64,AA",
+            **name,
+        },
+        st.sampled_from([{}, {"filename": "a"}]),
+    ),
+)
+
+
+def _content(parts: st.SearchStrategy[dict[str, Any]]) -> st.SearchStrategy[Any]:
+    return st.one_of(_texts, st.lists(parts, max_size=3))
+
+
+def _message(role: str, parts: st.SearchStrategy[dict[str, Any]]) -> Any:
+    return st.builds(
+        lambda content, typed: {
+            **({"type": "message"} if typed else {}),
+            "role": role,
+            "content": content,
+        },
+        _content(parts),
+        st.booleans(),
+    )
+
+
+_items = st.one_of(
+    _message("system", _text_parts),
+    _message("developer", _text_parts),
+    _message("user", _user_parts),
+    _message("assistant", _text_parts),
+    st.builds(
+        lambda t: {
+            "type": "reasoning",
+            "summary": [{"type": "summary_text", "text": t}],
+        },
+        _texts,
+    ),
+    st.builds(
+        lambda c: {
+            "type": "function_call",
+            "call_id": c,
+            "name": "f",
+            "arguments": "{}",
+        },
+        st.sampled_from(["c1", "c2"]),
+    ),
+    st.builds(
+        lambda c, out: {"type": "function_call_output", "call_id": c, "output": out},
+        st.sampled_from(["c1", "c2"]),
+        _content(_user_parts),
+    ),
+)
+_bodies = st.fixed_dictionaries(
+    {"model": st.just("m"), "input": st.one_of(_texts, st.lists(_items, max_size=7))},
+    optional={"instructions": _texts},
+)
+
+
+@given(_bodies)
+def test_keys_agree_for_every_accepted_body(body: dict[str, Any]) -> None:
+    try:
+        chat = translate_request(body).chat
+    except TranslationError:
+        assume(False)
+        raise
+    assert conversation_key(body) == chat_conversation_key(chat)
+    roles = [message["role"] for message in chat["messages"]]
+    assert "system" not in roles[1:]
 
 
 @pytest.mark.parametrize(

@@ -63,19 +63,70 @@ def test_instructions_and_leading_system_messages_merge() -> None:
     ]
 
 
-def test_later_system_messages_stay_in_place_merged() -> None:
+def test_later_system_messages_fold_into_a_user_turn() -> None:
+    # Qwen3 chat templates reject a system message that is not first, so a later
+    # run of system/developer messages becomes one user turn, in place.
     messages = _messages(
         [
             {"role": "user", "content": "q"},
             {"role": "system", "content": "s1"},
-            {"role": "developer", "content": "s2"},
+            {"role": "developer", "content": [_text("s2")]},
             {"role": "user", "content": "q2"},
-        ]
+            {"role": "system", "content": "s3"},
+        ],
+        instructions="inst",
     )
     assert messages == [
+        _system("inst"),
         {"role": "user", "content": "q"},
-        {"role": "system", "content": "s1\n\ns2"},
+        {"role": "user", "content": "[system] s1\n\n[system] s2"},
         {"role": "user", "content": "q2"},
+        {"role": "user", "content": "[system] s3"},
+    ]
+
+
+def test_empty_later_system_message_is_dropped() -> None:
+    messages = _messages(
+        [{"role": "user", "content": "q"}, {"role": "system", "content": ""}]
+    )
+    assert messages == [{"role": "user", "content": "q"}]
+
+
+def test_system_message_inside_a_tool_exchange_waits_for_the_results() -> None:
+    # Nothing may come between an assistant's tool_calls and their tool messages.
+    out = {"type": "function_call_output", "call_id": "c1", "output": "r1"}
+    out2 = {"type": "function_call_output", "call_id": "c2", "output": "r2"}
+    note = {"role": "developer", "content": "remember"}
+    messages = _messages(
+        [_user(_text("q")), _call("c1"), note, _call("c2"), out, note, out2]
+    )
+    assert [m["role"] for m in messages] == [
+        "user",
+        "assistant",
+        "tool",
+        "tool",
+        "user",
+    ]
+    assert [c["id"] for c in messages[1]["tool_calls"]] == ["c1", "c2"]
+    assert messages[4] == {
+        "role": "user",
+        "content": "[system] remember\n\n[system] remember",
+    }
+
+
+def test_system_message_after_tool_results_comes_before_the_next_turn() -> None:
+    messages = _messages(
+        [
+            _user(_text("q")),
+            _call("c1"),
+            {"type": "function_call_output", "call_id": "c1", "output": "r"},
+            {"role": "system", "content": "reminder"},
+            {"role": "assistant", "content": "done"},
+        ]
+    )
+    assert messages[3:] == [
+        {"role": "user", "content": "[system] reminder"},
+        {"role": "assistant", "content": "done"},
     ]
 
 

@@ -27,6 +27,13 @@ def _chat(**extra: Any) -> dict[str, Any]:
     return _translate(_body(**extra)).chat
 
 
+def _number_id(value: object) -> str | None:
+    # pytest's default id would str() ints past Python's 4300-digit limit.
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"{'-' if value < 0 else ''}2**{value.bit_length()}"
+    return None
+
+
 def _error(body: object) -> TranslationError:
     with pytest.raises(TranslationError) as info:
         _translate(body)
@@ -90,6 +97,43 @@ def test_upstream_model_is_a_parameter() -> None:
 def test_max_output_tokens_is_clamped(asked: int, sent: int) -> None:
     assert _chat(max_output_tokens=asked)["max_tokens"] == sent
     assert MAX_OUTPUT_TOKENS == 65536
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("temperature", 10**400),
+        ("temperature", -(10**400)),
+        ("temperature", 1e308),
+        ("temperature", float("inf")),
+        ("temperature", float("-inf")),
+        ("temperature", float("nan")),
+        ("temperature", 10**5000),
+        ("top_p", -(10**400)),
+        ("top_p", 10**400),
+        ("top_p", -1e308),
+        ("top_p", float("nan")),
+        ("max_output_tokens", -(10**400)),
+        ("max_output_tokens", -(10**5000)),
+    ],
+    ids=_number_id,
+)
+def test_huge_and_non_finite_numbers_are_400s(field: str, value: object) -> None:
+    error = _error(_body(**{field: value}))
+    assert error.param == field
+    assert error.code == "invalid_value"
+    assert field in error.message
+    assert len(error.message) < 200
+
+
+@pytest.mark.parametrize("value", [10**400, 10**5000, 2**63, 2**64 + 1], ids=_number_id)
+def test_huge_max_output_tokens_is_clamped(value: int) -> None:
+    assert _chat(max_output_tokens=value)["max_tokens"] == MAX_OUTPUT_TOKENS
+
+
+@pytest.mark.parametrize(("field", "value"), [("temperature", 2), ("top_p", 0)])
+def test_integer_sampling_values_at_the_bounds_pass(field: str, value: int) -> None:
+    assert _chat(**{field: value})[field] == value
 
 
 def test_max_tokens_limit_is_a_parameter() -> None:

@@ -111,6 +111,39 @@ def test_only_tool_calls_means_no_message_item() -> None:
     assert item["call_id"] == "call_0001"
 
 
+@pytest.mark.parametrize(
+    ("function", "name", "arguments"),
+    [
+        ({"name": "read", "arguments": None}, "read", ""),
+        ({"name": None, "arguments": '{"p":1}'}, "", '{"p":1}'),
+        ({"name": None, "arguments": None}, "", ""),
+        ({"name": "read"}, "read", ""),
+    ],
+)
+def test_null_tool_call_fields_are_empty_strings(
+    function: dict[str, Any], name: str, arguments: str
+) -> None:
+    # As in the stream path, a null arguments/name is an empty one, not a 502.
+    calls = [{"id": "call_1", "type": "function", "function": function}]
+    response = _translate(_completion({"content": None, "tool_calls": calls}))
+    (item,) = response["output"]
+    assert item["type"] == "function_call"
+    assert (item["name"], item["arguments"]) == (name, arguments)
+    assert item["call_id"] == "call_1"
+
+
+def test_null_content_fields_are_empty() -> None:
+    message = {
+        "content": None,
+        "reasoning_content": None,
+        "refusal": None,
+        "tool_calls": None,
+    }
+    response = _translate(_completion(message))
+    (item,) = response["output"]
+    assert item["content"][0]["text"] == ""
+
+
 def test_empty_answer_still_has_a_message() -> None:
     response = _translate(_completion({"content": None}))
     assert response["output"][0]["content"][0]["text"] == ""

@@ -227,9 +227,61 @@ def test_repeated_finish_reason_and_late_content_are_harmless() -> None:
     assert translator.outcome.finish_reason == "stop"
 
 
-def test_done_without_finish_reason_completes() -> None:
-    events, _ = _run(_chunk({"content": "x"}), DONE)
+def test_done_without_finish_reason_fails_as_truncated() -> None:
+    # §7: no finish_reason before the end → not a success; [DONE] is an end too.
+    raw = b'data: {"choices":[{"index":0,"delta":{"content":"hel"}}]}\n\n' + DONE
+    events, translator = _run(raw)
+    summary = check_sequence(events)
+    assert summary["status"] == "failed"
+    assert summary["text"] == "hel"
+    assert [e["type"] for e in events[-2:]] == ["error", "response.failed"]
+    assert translator.outcome.failure == "truncated"
+    eof, _ = translate_chunks([raw[: -len(DONE)]])
+    assert [e["type"] for e in parse_events(eof)] == [e["type"] for e in events]
+
+
+def test_usage_only_chunk_after_finish_then_done_completes() -> None:
+    # Qwen's real shape: finish_reason on the last choice chunk, then usage alone.
+    events, translator = _run(
+        _chunk({"content": "x"}), _chunk(finish="stop"), _usage_chunk(5, 1), DONE
+    )
+    summary = check_sequence(events)
+    assert summary["status"] == "completed"
+    assert summary["usage"]["total_tokens"] == 6
+    assert translator.outcome.failure is None
+
+
+@pytest.mark.parametrize(
+    "keepalive",
+    [
+        b"data:\n\n",
+        b"data: \n\n",
+        b"data:  \t \n\n",
+        b"data:\ndata:\n\n",
+        b": ping\n\n",
+        b":\n\n",
+    ],
+)
+def test_keepalive_events_are_ignored(keepalive: bytes) -> None:
+    chunks = [_chunk({"content": "a"}), _chunk({"content": "b"}), _chunk(finish="stop")]
+    plain, _ = translate_chunks([*chunks, DONE])
+    events, translator = _run(
+        keepalive, chunks[0], keepalive, chunks[1], chunks[2], keepalive, DONE
+    )
     assert check_sequence(events)["status"] == "completed"
+    assert events == parse_events(plain)
+    assert translator.outcome.failure is None
+
+
+def test_keepalive_alone_does_not_start_the_response() -> None:
+    translator = StreamTranslator(stream_request(), now=NOW, ids=counter_ids())
+    assert translator.feed(b"data:\n\n: ping\n\n") == []
+
+
+def test_error_event_without_data_is_an_upstream_error() -> None:
+    events, translator = _run(_chunk({"content": "x"}), b"event: error\ndata:\n\n")
+    assert check_sequence(events)["status"] == "failed"
+    assert translator.outcome.failure == "upstream_error"
 
 
 def test_eof_after_finish_reason_without_done_completes() -> None:

@@ -46,6 +46,15 @@ def test_flat_function_tools_are_nested() -> None:
     }
 
 
+def test_default_parameters_are_fresh_per_request() -> None:
+    first = translate_tools([_tool("a"), _tool("b")], None)["tools"]
+    first[0]["function"]["parameters"]["properties"]["x"] = {"type": "string"}
+    first[0]["function"]["parameters"]["required"] = ["x"]
+    assert first[1]["function"]["parameters"] == {"type": "object", "properties": {}}
+    again = translate_tools([_tool("c")], None)["tools"]
+    assert again[0]["function"]["parameters"] == {"type": "object", "properties": {}}
+
+
 @pytest.mark.parametrize("mode", ["auto", "none", "required"])
 def test_string_tool_choice(mode: str) -> None:
     assert translate_tools([_tool("a")], mode)["tool_choice"] == mode

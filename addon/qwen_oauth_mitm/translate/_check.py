@@ -65,22 +65,40 @@ def opt_bool(value: object, param: str) -> bool | None:
     _wrong_type(value, "a boolean", param)
 
 
+def _shown(value: int | float) -> str:
+    """``value`` for a message; JSON ints can be too long to print (or to read)."""
+    if isinstance(value, int) and value.bit_length() > 64:
+        sign = "a negative" if value < 0 else "a"
+        return f"{sign} {value.bit_length()}-bit integer"
+    return repr(value)
+
+
 def opt_int(value: object, param: str, *, minimum: int) -> int | None:
+    """An integer ≥ ``minimum``; any size (callers clamp it, never convert it)."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
         _wrong_type(value, "an integer", param)
     if value < minimum:
-        fail(f"Invalid '{param}': must be at least {minimum}, got {value}.", param)
+        fail(
+            f"Invalid '{param}': must be at least {minimum}, got {_shown(value)}.",
+            param,
+        )
     return value
 
 
 def opt_number(value: object, param: str, *, low: float, high: float) -> float | None:
+    """A number in ``[low, high]``: no NaN or infinity, and no overflow on huge ints.
+
+    Python compares an int with a float exactly, however large the int, whereas
+    ``math.isfinite(10**400)`` raises OverflowError; so ints are never converted.
+    """
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         _wrong_type(value, "a number", param)
-    if not (math.isfinite(value) and low <= value <= high):
+    finite = isinstance(value, int) or math.isfinite(value)
+    if not (finite and low <= value <= high):
         fail(f"Invalid '{param}': must be between {low:g} and {high:g}.", param)
     return value
 

@@ -7,8 +7,12 @@ the key is a hash of what every turn of a conversation repeats: the system promp
 (``instructions`` plus leading system/developer messages) and the first user message.
 
 The Responses and the Chat Completions variants agree: for a Responses body without
-``prompt_cache_key``, ``conversation_key(body)`` equals
-``chat_conversation_key(translate_request(body).chat)``.
+``prompt_cache_key`` that ``translate_request`` accepts, ``conversation_key(body)``
+equals ``chat_conversation_key(translate_request(body).chat)``. That holds by
+construction: a Responses body is keyed by the chat messages the request translator
+makes of it (only up to the first user message: ``translate_input_head``), so audio
+placeholders, refusal parts and folded system notes count the same on both sides.
+A body the translator rejects falls back to a lenient walk of the raw items.
 """
 
 from __future__ import annotations
@@ -16,6 +20,10 @@ from __future__ import annotations
 import hashlib
 import json
 from typing import Any
+
+from qwen_oauth_mitm.translate._check import opt_str
+from qwen_oauth_mitm.translate.errors import TranslationError
+from qwen_oauth_mitm.translate.messages import translate_input_head
 
 __all__ = ["chat_conversation_key", "conversation_key"]
 
@@ -30,8 +38,14 @@ def conversation_key(body: object) -> str | None:
     if explicit is not None:
         return explicit
     instructions = body.get("instructions")
-    system = [instructions] if isinstance(instructions, str) and instructions else []
     items = body.get("input")
+    try:
+        head = translate_input_head(items, opt_str(instructions, "instructions"))
+    except TranslationError:
+        pass
+    else:
+        return _from_messages(head, [], responses=False)
+    system = [instructions] if isinstance(instructions, str) and instructions else []
     if isinstance(items, str):
         return _hash(system, items)
     return _from_messages(items, system, responses=True)

@@ -4,8 +4,16 @@ Rules (design note responses-api.md §7, request table):
 
 - ``instructions`` and the *leading* run of system/developer messages become one
   system message whose single text part carries ``cache_control: ephemeral``, as the
-  official Qwen client sends it for prompt caching. A later run of system/developer
-  messages stays where it is, merged into one ``system`` message.
+  official Qwen client sends it for prompt caching. It is the only system message:
+  Qwen3-family chat templates reject a system message that is not first.
+- A later system/developer message (an agent's mid-conversation reminder) is folded
+  into a user turn *where it stands*: ``{"role": "user", "content": "[system] …"}``,
+  a run of them merged into one such turn (``"[system] a\n\n[system] b"``), empty
+  ones dropped. Appending it to the leading system message instead would move a
+  reminder about the current step to before the whole history, and change the cached
+  prompt prefix on every turn that adds one. The one exception to "where it stands":
+  inside a tool exchange (after an assistant's ``tool_calls`` or a ``tool``
+  message) it waits until the run of tool messages ends, with the moved images.
 - Consecutive ``function_call`` items join the assistant message before them (its text
   becomes ``content``), or open one; ``reasoning`` items become ``reasoning_content`` on
   the next assistant message (dropped if none follows).
@@ -32,18 +40,35 @@ from qwen_oauth_mitm.translate._check import (
     unsupported,
 )
 
-__all__ = ["AUDIO_PLACEHOLDER", "translate_input"]
+__all__ = ["AUDIO_PLACEHOLDER", "translate_input", "translate_input_head"]
 
 type Message = dict[str, Any]
 
 AUDIO_PLACEHOLDER = "[audio input omitted: Qwen does not accept audio]"
 _TEXT_PARTS = ("input_text", "output_text", "refusal")
-_ROLES = ("system", "developer", "user", "assistant")
+_SYSTEM_ROLES = ("system", "developer")
+_ROLES = (*_SYSTEM_ROLES, "user", "assistant")
 _IMAGE_DETAILS = ("auto", "low", "high", "original")
 
 
 def translate_input(input_: object, instructions: str | None) -> list[Message]:
     """Build the chat ``messages``; raises TranslationError naming the bad field."""
+    return _build(input_, instructions, head_only=False)
+
+
+def translate_input_head(input_: object, instructions: str | None) -> list[Message]:
+    """``translate_input``'s messages up to its first user message, and no further.
+
+    The leading system message and the first user message are final by then, so
+    conversation keys (``affinity``) read the same text the upstream gets without
+    translating the whole history. Raises TranslationError for a bad item it reads.
+    """
+    return _build(input_, instructions, head_only=True)
+
+
+def _build(
+    input_: object, instructions: str | None, *, head_only: bool
+) -> list[Message]:
     builder = _Builder()
     if instructions:
         builder.system_texts.append(instructions)
@@ -52,6 +77,8 @@ def translate_input(input_: object, instructions: str | None) -> list[Message]:
     else:
         for index, item in enumerate(as_list(input_, "input")):
             builder.add(as_dict(item, f"input[{index}]"), f"input[{index}]")
+            if head_only and builder.head_done:
+                break
     return builder.result()
 
 
@@ -62,14 +89,30 @@ class _Builder:
         self._leading = True
         # The last message is an assistant turn that later function_calls may join.
         self._assistant_open = False
-        self._last_was_system = False
+        # The last message is a folded system note that a next one may join.
+        self._last_was_note = False
+        self._has_user = False
         self._reasoning: list[str] = []
         self._tool_media: list[dict[str, Any]] = []
+        self._notes: list[str] = []  # folded system notes held past tool messages
+
+    @property
+    def head_done(self) -> bool:
+        """A user message is in place and no later item can change it."""
+        return self._has_user and not self._last_was_note
 
     def add(self, item: dict[str, Any], param: str) -> None:
         kind = item.get("type", "message")
-        if kind != "function_call_output":
-            self._flush_tool_media()
+        # Held media and notes go out where the tool exchange ends: not before
+        # another tool result, nor before a call (or its reasoning) joining the open
+        # assistant message; a system message decides for itself (``_system``).
+        holds = (
+            kind == "function_call_output"
+            or (self._assistant_open and kind in ("function_call", "reasoning"))
+            or (kind in ("message", None) and item.get("role") in _SYSTEM_ROLES)
+        )
+        if not holds:
+            self._flush_held()
         if kind == "message" or (kind is None and "role" in item):
             if self._message(item, param):
                 return  # a system message keeps the leading run going
@@ -93,7 +136,7 @@ class _Builder:
             self._leading = False
 
     def result(self) -> list[Message]:
-        self._flush_tool_media()
+        self._flush_held()
         texts = [text for text in self.system_texts if text]
         if not texts:
             return self.messages
@@ -115,7 +158,7 @@ class _Builder:
         if role not in _ROLES:
             fail(f"Invalid value for '{param}.role': {role!r}.", f"{param}.role")
         content = item.get("content")
-        if role in ("system", "developer"):
+        if role in _SYSTEM_ROLES:
             self._system(_text_only(content, f"{param}.content", "\n\n"))
             return True
         if role == "user":
@@ -131,16 +174,21 @@ class _Builder:
     def _system(self, text: str) -> None:
         if self._leading:
             self.system_texts.append(text)
-        elif self._last_was_system:
-            self.messages[-1]["content"] += "\n\n" + text
-        else:
-            self._append({"role": "system", "content": text})
-            self._last_was_system = True
+        elif text:
+            self._notes.append(f"[system] {text}")
+            if not self._in_tool_exchange():
+                self._flush_held()
+
+    def _in_tool_exchange(self) -> bool:
+        last = self.messages[-1] if self.messages else {}
+        return last.get("role") == "tool" or bool(last.get("tool_calls"))
 
     def _append(self, message: Message) -> None:
         self.messages.append(message)
         self._assistant_open = False
-        self._last_was_system = False
+        self._last_was_note = False
+        if message["role"] == "user":
+            self._has_user = True
 
     def _function_call(self, item: dict[str, Any], param: str) -> None:
         call = {
@@ -179,10 +227,18 @@ class _Builder:
             text = "\n".join(texts) or ("(see the next message)" if media else "")
         self._append({"role": "tool", "tool_call_id": call_id, "content": text})
 
-    def _flush_tool_media(self) -> None:
+    def _flush_held(self) -> None:
         if self._tool_media:
             self._append({"role": "user", "content": self._tool_media})
             self._tool_media = []
+        if self._notes:
+            text = "\n\n".join(self._notes)
+            self._notes = []
+            if self._last_was_note:
+                self.messages[-1]["content"] += "\n\n" + text
+            else:
+                self._append({"role": "user", "content": text})
+                self._last_was_note = True
 
     def _reasoning_item(self, item: dict[str, Any], param: str) -> None:
         # Our own answers put the whole reasoning in `summary`; `content` (raw

@@ -2,15 +2,18 @@
 
 The upstream answer is validated with pydantic wire models that allow unknown
 fields (the portal adds its own); an answer that is not a chat completion, or that
-carries an error object, becomes a ``TranslationError`` with HTTP 502.
+carries an error object, becomes a ``TranslationError`` with HTTP 502. ``null`` is
+read as absent wherever the stream translator reads it so: ``content``,
+``reasoning_content``, ``refusal``, ``tool_calls``, a call's ``id``, and a function's
+``name`` and ``arguments`` (both then ``""``).
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
 from qwen_oauth_mitm.translate.errors import TranslationError, upstream_error_fields
 from qwen_oauth_mitm.translate.ids import IdFactory
@@ -32,10 +35,19 @@ class _Wire(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
+def _null_is_empty(value: object) -> object:
+    return "" if value is None else value
+
+
+type _Text = Annotated[str, BeforeValidator(_null_is_empty)]
+"""A string where ``null`` means ``""``, as in the stream path (``or ""``)."""
+
+
 class ChatFunction(_Wire):
-    name: str = ""
-    """Qwen always names the function; a missing name stays visible as ''."""
-    arguments: str = ""
+    name: _Text = ""
+    """Qwen always names the function; a missing or null name stays visible as ''."""
+    arguments: _Text = ""
+    """Missing or null: no arguments, ``""``."""
 
 
 class ChatToolCall(_Wire):

@@ -12,9 +12,14 @@ note responses-api.md §7 with every field both real clients require:
   with different ids), and close at ``finish_reason`` with the full arguments;
 - the terminal ``response.completed``/``response.incomplete`` waits for ``[DONE]`` or
   end of stream, so a usage chunk after the finish chunk is still counted;
-- an upstream error object, unparsable data, or a stream that ends without a
-  ``finish_reason`` gives an ``error`` event and ``response.failed``. After a terminal
-  event all further input is ignored.
+- an upstream error object, unparsable data, or a stream that ends (``[DONE]`` or end
+  of stream alike) without a ``finish_reason`` gives an ``error`` event and
+  ``response.failed`` (failure ``truncated`` for the last). Qwen always sends the
+  ``finish_reason`` on its last choice chunk, before the usage chunk and ``[DONE]``.
+  After a terminal event all further input is ignored;
+- keep-alives are not events: SSE comments (``: ping``) never reach us, and an event
+  whose data is empty or whitespace (``data:``) is skipped, unless it is named
+  ``error``.
 
 No exception escapes ``feed``/``finish``: a bug here becomes a failed response with
 ``outcome.failure == "internal"`` rather than a crashed proxy flow.
@@ -139,9 +144,15 @@ class StreamTranslator:
     # -- input ------------------------------------------------------------------
 
     def _on_event(self, data: str, event: str) -> None:
+        if event != "error" and (not data or data.isspace()):
+            return  # a keep-alive
         self._start()
         if data == "[DONE]":
-            self._complete()
+            self._finish(b"")
+            return
+        if not data or data.isspace():
+            message = "The upstream stream sent an error event without details."
+            self._fail("upstream_error", "server_error", message)
             return
         try:
             chunk = json.loads(data)
@@ -209,8 +220,10 @@ class StreamTranslator:
         if not isinstance(index, int):
             raise _Malformed("tool call index is not an integer")
         upstream_id = entry.get("id") or None
-        function = entry.get("function") or {}
-        if not isinstance(function, dict):
+        function = entry.get("function")
+        if function is None:
+            function = {}
+        elif not isinstance(function, dict):
             raise _Malformed("tool call function is not an object")
         name = function.get("name") or None
         arguments = function.get("arguments") or ""

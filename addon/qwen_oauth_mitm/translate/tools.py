@@ -23,7 +23,11 @@ from qwen_oauth_mitm.translate._check import (
 __all__ = ["translate_tools"]
 
 _MODES = ("auto", "none", "required")
-_EMPTY_PARAMETERS = {"type": "object", "properties": {}}
+
+
+def _empty_parameters() -> dict[str, Any]:
+    """A fresh schema each time: callers may edit the request they get back."""
+    return {"type": "object", "properties": {}}
 
 
 def translate_tools(tools: object, tool_choice: object) -> dict[str, Any]:
@@ -72,7 +76,7 @@ def _function_tools(tools: object) -> list[dict[str, Any]]:
             function["description"] = description
         parameters = tool.get("parameters")
         function["parameters"] = (
-            _EMPTY_PARAMETERS
+            _empty_parameters()
             if parameters is None
             else as_dict(parameters, f"{param}.parameters")
         )
