@@ -236,3 +236,38 @@ async def test_a_401_refreshes_and_retries_the_same_account(
     assert (
         job.comment() == "qwen · acct a · responses→chat · retried after acct a (401)"
     )
+
+
+class Broken(httpx.AsyncByteStream):
+    """An upstream body that breaks off after its first chunk."""
+
+    def __init__(self, first: bytes) -> None:
+        self.first = first
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield self.first
+        raise httpx.RemoteProtocolError("peer closed connection")
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_cut_answer_fails_and_counts_against_no_success(
+    make: Callable[..., Forwarder], stream: bool
+) -> None:
+    first = b'data: {"choices":[{"index":0,"delta":{"content":"he"}}]}\n\n'
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, stream=Broken(first))
+
+    fwd = make([_key("a")], handle)
+    job, out = _job(stream=stream), Recorder()
+    await fwd.serve(job, out)
+    assert job.failed
+    assert job.upstream_cut
+    track = fwd.rotation.track("acct_a")
+    assert track.last_success is None
+    assert track.consecutive_failures == 1
+    if stream:
+        assert b"response.failed" in out.body
+        assert b"response.completed" not in out.body
+    else:
+        assert out.status == 502

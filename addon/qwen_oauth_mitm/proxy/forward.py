@@ -238,9 +238,19 @@ class Forwarder:
             return self._fail_over_once(account.id, st)
         if response.status_code == 200:
             job.attempts.append(Attempt(account.label, "200"))
-            self.rotation.record_success(pick, self.clock())
             job.served_by = account.label
-            await self._relay_answer(job, response, out)
+            try:
+                await self._relay_answer(job, response, out)
+            finally:
+                # Settled at the end: an answer the upstream cut is no success.
+                if job.upstream_cut:
+                    detail = "answer cut"
+                    now = self.clock()
+                    self.rotation.record_failure(
+                        pick, now, account_fault=False, detail=detail
+                    )
+                else:
+                    self.rotation.record_success(pick, self.clock())
             return "done"
         body = await response.aread()
         await response.aclose()
@@ -330,9 +340,15 @@ class Forwarder:
         try:
             if job.stream:
                 await self._stream(job, response, out)
-            else:
+                return
+            try:
                 body = await response.aread()
-                await self._whole(job, response, body, out)
+            except httpx.HTTPError as e:
+                job.upstream_cut = True
+                message = f"The upstream answer broke off ({type(e).__name__})."
+                await self._fail(job, out, 502, message)
+                return
+            await self._whole(job, response, body, out)
         finally:
             await response.aclose()
 
@@ -354,6 +370,7 @@ class Forwarder:
         except httpx.HTTPError as e:
             log.warning("flow %s: upstream stream broke: %s", job.flow_id, e)
             job.failed, job.error = True, f"upstream stream broke ({type(e).__name__})"
+            job.upstream_cut = True
             if translator is None:
                 return  # no last chunk: mitmproxy sees a cut stream
         if translator is not None:

@@ -41,6 +41,8 @@ class Job:
     """Label of the account whose answer the client got."""
     status: int | None = None
     """Status the client got."""
+    upstream_cut: bool = False
+    """The upstream's 200 answer broke off before its end."""
     taken: bool = False
     """The relay has started serving it (each job is served once)."""
     failed: bool = False
