@@ -282,3 +282,14 @@ class TestLogging:
             pytest.raises(exceptions.OptionsError, match="cannot open log_file"),
         ):
             tctx.configure(addon, qwen_log_file=bad)
+
+    async def test_reload_keeps_the_config_when_the_file_is_bad(
+        self, running: QwenAddon, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        before = running.config
+        running.paths.config_dir.mkdir(parents=True, exist_ok=True)
+        running.paths.user_config.write_text('{"rotation_strategy": "bogus"}')
+        with taddons.context(running) as tctx:  # type: ignore[no-untyped-call]
+            tctx.command(running.reload_command)
+        assert running.config is before
+        assert "config not reloaded" in caplog.text

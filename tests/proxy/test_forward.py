@@ -271,3 +271,14 @@ async def test_a_cut_answer_fails_and_counts_against_no_success(
         assert b"response.completed" not in out.body
     else:
         assert out.status == 502
+
+
+async def test_a_corrupt_accounts_file_is_a_clear_503(
+    make: Callable[..., Forwarder], tmp_path: Path
+) -> None:
+    fwd = make([_key("a")], _by_token({}, []))
+    (tmp_path / "accounts.json").write_text("{not json")
+    job, out = _job(), Recorder()
+    await fwd.serve(job, out)
+    assert out.status == 503
+    assert "accounts.json" in out.json()["error"]["message"]

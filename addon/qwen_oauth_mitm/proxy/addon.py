@@ -351,7 +351,11 @@ class QwenAddon:
     @command.command("qwen.reload")  # type: ignore[untyped-decorator]
     def reload_command(self) -> None:
         """Re-read the config files and the accounts file."""
-        self.configure({options.PREFIX + "reload"})
+        try:
+            self.configure({options.PREFIX + "reload"})
+        except exceptions.OptionsError as e:
+            log.error("config not reloaded, the previous one stays: %s", e)
+            return
         spawn(self._log_accounts(), name="qwen.reload")
 
     async def _log_accounts(self) -> None:

@@ -154,6 +154,10 @@ class Forwarder:
         except ConnectionError:
             log.info("flow %s: the client went away", job.flow_id)
             job.failed, job.error = True, "the client went away"
+        except QwenError as e:  # e.g. an unreadable accounts file: said plainly
+            message = redact.redact(str(e))
+            log.error("flow %s: %s", job.flow_id, message)
+            await self._fail(job, out, 503, message)
         except Exception as e:
             log.exception("flow %s: proxy error", job.flow_id)
             await self._fail(job, out, 502, f"Proxy error: {redact.redact(str(e))}")
