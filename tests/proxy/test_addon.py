@@ -13,9 +13,11 @@ from mitmproxy import exceptions, http
 from mitmproxy.test import taddons, tflow, tutils
 
 from qwen_oauth_mitm import redact
+from qwen_oauth_mitm.config import leaf_types
 from qwen_oauth_mitm.paths import StatePaths
 from qwen_oauth_mitm.proxy.addon import QwenAddon
 from qwen_oauth_mitm.proxy.jobs import Attempt
+from qwen_oauth_mitm.proxy.options import HELP
 
 
 def _flow(
@@ -293,3 +295,7 @@ class TestLogging:
             tctx.command(running.reload_command)
         assert running.config is before
         assert "config not reloaded" in caplog.text
+
+
+def test_every_option_has_its_own_help() -> None:
+    assert set(HELP) == set(leaf_types())

@@ -25,7 +25,7 @@ from qwen_oauth_mitm.config import Config, leaf_types
 
 PREFIX = "qwen_"
 
-_HELP: Mapping[str, str] = {
+HELP: Mapping[str, str] = {
     "rotation_strategy": "How to choose an account: hybrid, round-robin or sequential.",
     "proactive_refresh": "Keep every enabled OAuth account's token fresh in the "
     "background, ahead of the refresh window.",
@@ -35,6 +35,21 @@ _HELP: Mapping[str, str] = {
     "quiet_mode": "Log only warnings and errors.",
     "pid_offset_enabled": "Spread several proxy processes over the accounts by "
     "their process id.",
+    "health_score.initial": "Hybrid strategy: health score (0-100) of an account "
+    "never seen before.",
+    "health_score.success_reward": "Hybrid strategy: health added after a success.",
+    "health_score.rate_limit_penalty": "Hybrid strategy: health added (negative) "
+    "after a 429 or quota answer.",
+    "health_score.failure_penalty": "Hybrid strategy: health added (negative) after "
+    "another failure that is the account's.",
+    "health_score.recovery_rate_per_hour": "Hybrid strategy: health regained per "
+    "hour of rest.",
+    "health_score.min_usable": "Hybrid strategy: below this health an account is "
+    "left out while a healthier one exists.",
+    "token_bucket.max_tokens": "Client-side rate limit per account: requests in "
+    "one burst.",
+    "token_bucket.regeneration_rate_per_minute": "Client-side rate limit per "
+    "account: requests regained per minute.",
     "client_id": "OAuth client id used for token refresh.",
     "oauth_base_url": "OAuth server used for token refresh.",
     "base_url": "API base for every account (e.g. https://portal.qwen.ai/v1). Its "
@@ -79,7 +94,7 @@ def _default_of(key: str) -> object:
 
 
 def _help(key: str, kind: type) -> str:
-    text = _HELP.get(key, f"Config key {key}.")
+    text = HELP.get(key, f"Config key {key}.")
     kind_text = {
         bool: "true/false",
         int: "a whole number",
