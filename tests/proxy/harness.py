@@ -126,7 +126,7 @@ def run_mitmdump(
     ]  # fmt: skip
     if not any(o.startswith("qwen_proactive_refresh=") for o in options):
         # Off unless a test wants it: refresh counts must be the requests' own.
-        # (Never pass one option twice: mitmdump 12.3 then skips `running`.)
+        # (Never pass one option twice: mitmdump 12.3 then leaves the addon out.)
         args += ["--set", "qwen_proactive_refresh=false"]
     with log.open("wb") as out:
         process = subprocess.Popen(
