@@ -4,7 +4,9 @@ Answers like the portal: a ``chat.completion`` or an SSE stream of
 ``chat.completion.chunk`` events ending with a usage chunk and ``[DONE]``. The
 reply is text (``text``), an image remark when the last user message holds an
 image, or a tool call of the first tool when tools are offered and the last
-message is not a tool result.
+message is not a tool result; with ``enable_thinking`` it is preceded by
+``reasoning_content``. JSON goes out as raw UTF-8 (multi-byte text unescaped), as
+the portal sends it.
 
 Tokens: ``Authorization: Bearer <t>`` is accepted when ``t`` is one of ``keys`` or a
 live access token of the linked :class:`FakeQwenOAuth`; otherwise a 401 in the
@@ -20,6 +22,10 @@ one per request, in order:
 
 Readable: ``requests`` (every request: token, status, body, headers) and
 :meth:`statuses`. Runs in a background thread; use as a context manager.
+
+A subclass may serve more paths (:meth:`FakePortal.route`), choose faults
+(:meth:`FakePortal.take_fault`) and count tokens (:meth:`FakePortal.usage`): the
+one-command stand-in (:mod:`.standin`) does.
 """
 
 from __future__ import annotations
@@ -143,10 +149,31 @@ class FakePortal:
 
     # --- answering --------------------------------------------------------------
 
-    def answer(self, token: str, body: Any, headers: dict[str, str]) -> _Answer:
+    def route(
+        self, method: str, path: str, headers: dict[str, str], raw: bytes
+    ) -> _Answer:
+        """The answer to a request (``headers`` lower-cased; ``path`` no query)."""
+        if method != "POST" or not path.endswith("/chat/completions"):
+            return _error(404, "not_found", f"no endpoint {method} {path}")
+        token = headers.get("authorization", "").removeprefix("Bearer ").strip()
+        try:
+            body: Any = json.loads(raw)
+        except ValueError:
+            body = None
+        return self.answer(token, body, headers)
+
+    def take_fault(self, token: str) -> Fault | None:
+        """The fault for this request, if one is queued (taken off the queue)."""
         with self._lock:
             queue = self._faults.get(token)
-            fault = queue.pop(0) if queue else None
+            return queue.pop(0) if queue else None
+
+    def usage(self, token: str, body: dict[str, Any]) -> dict[str, Any]:  # noqa: ARG002
+        """The ``usage`` of an answer to ``body`` (here always the same)."""
+        return dict(_USAGE)
+
+    def answer(self, token: str, body: Any, headers: dict[str, str]) -> _Answer:
+        fault = self.take_fault(token)
         result = self._answer(token, body, fault)
         with self._lock:
             self.requests.append(
@@ -178,17 +205,18 @@ class FakePortal:
             return _error(400, "invalid_request_error", "messages is required")
         message, finish = _reply(body, self.text)
         model = str(body.get("model") or "coder-model")
+        usage = self.usage(token, body)
         if not body.get("stream"):
             return _Answer(
                 200,
-                json.dumps(_completion(model, message, finish)).encode(),
+                _dumps(_completion(model, message, finish, usage)),
                 {"Content-Type": "application/json"},
             )
         delay = fault.delay if fault and kind == "slow" else self.chunk_delay
         return _Answer(
             200,
             headers={"Content-Type": "text/event-stream"},
-            stream=_chunks(model, message, finish),
+            stream=_chunks(model, message, finish, usage),
             delay=delay,
             drop_after=fault.after_chunks if fault and kind == "drop" else None,
         )
@@ -199,14 +227,26 @@ class FakePortal:
         return self.oauth is not None and self.oauth.is_valid_access_token(token)
 
 
+def _dumps(data: Any) -> bytes:
+    return json.dumps(data, ensure_ascii=False).encode()
+
+
 def _error(status: int, code: str, message: str) -> _Answer:
     body = {"error": {"code": code, "type": code, "message": message}}
-    return _Answer(
-        status, json.dumps(body).encode(), {"Content-Type": "application/json"}
-    )
+    return _Answer(status, _dumps(body), {"Content-Type": "application/json"})
+
+
+_REASONING = "The user wants a short answer; I will keep it brief."
 
 
 def _reply(body: dict[str, Any], text: str) -> tuple[dict[str, Any], str]:
+    message, finish = _plain_reply(body, text)
+    if body.get("enable_thinking"):
+        message = {"role": "assistant", "reasoning_content": _REASONING} | message
+    return message, finish
+
+
+def _plain_reply(body: dict[str, Any], text: str) -> tuple[dict[str, Any], str]:
     messages = body["messages"]
     last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
     tools = body.get("tools") or []
@@ -235,18 +275,22 @@ def _reply(body: dict[str, Any], text: str) -> tuple[dict[str, Any], str]:
 _USAGE = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
 
 
-def _completion(model: str, message: dict[str, Any], finish: str) -> dict[str, Any]:
+def _completion(
+    model: str, message: dict[str, Any], finish: str, usage: dict[str, Any]
+) -> dict[str, Any]:
     return {
         "id": "chatcmpl-fake",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
         "choices": [{"index": 0, "message": message, "finish_reason": finish}],
-        "usage": _USAGE,
+        "usage": usage,
     }
 
 
-def _chunks(model: str, message: dict[str, Any], finish: str) -> list[bytes]:
+def _chunks(
+    model: str, message: dict[str, Any], finish: str, usage: dict[str, Any]
+) -> list[bytes]:
     def chunk(delta: dict[str, Any], reason: str | None = None, **extra: Any) -> bytes:
         payload = {
             "id": "chatcmpl-fake",
@@ -256,9 +300,15 @@ def _chunks(model: str, message: dict[str, Any], finish: str) -> list[bytes]:
             "choices": [{"index": 0, "delta": delta, "finish_reason": reason}],
             **extra,
         }
-        return b"data: " + json.dumps(payload).encode() + b"\n\n"
+        return b"data: " + _dumps(payload) + b"\n\n"
 
     out = [chunk({"role": "assistant", "content": ""})]
+    if message.get("reasoning_content"):
+        words = str(message["reasoning_content"]).split(" ")
+        out += [
+            chunk({"reasoning_content": w if i == 0 else " " + w})
+            for i, w in enumerate(words)
+        ]
     if message.get("tool_calls"):
         call = message["tool_calls"][0]
         out.append(
@@ -296,14 +346,14 @@ def _chunks(model: str, message: dict[str, Any], finish: str) -> list[bytes]:
             chunk({"content": w if i == 0 else " " + w}) for i, w in enumerate(words)
         ]
     out.append(chunk({}, finish))
-    usage = {
+    last = {
         "id": "chatcmpl-fake",
         "object": "chat.completion.chunk",
         "model": model,
         "choices": [],
-        "usage": _USAGE,
+        "usage": usage,
     }
-    out.append(b"data: " + json.dumps(usage).encode() + b"\n\n")
+    out.append(b"data: " + _dumps(last) + b"\n\n")
     out.append(b"data: [DONE]\n\n")
     return out
 
@@ -317,16 +367,11 @@ def _make_handler(portal: FakePortal) -> type[BaseHTTPRequestHandler]:
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length)
             headers = {k.lower(): v for k, v in self.headers.items()}
-            if not self.path.split("?", 1)[0].endswith("/chat/completions"):
-                self._send(_error(404, "not_found", f"no endpoint {self.path}"))
-                return
-            auth = headers.get("authorization", "")
-            token = auth.removeprefix("Bearer ").strip()
-            try:
-                body: Any = json.loads(raw)
-            except ValueError:
-                body = None
-            self._send(portal.answer(token, body, headers))
+            path = self.path.split("?", 1)[0]
+            self._send(portal.route(self.command, path, headers, raw))
+
+        do_GET = do_POST
+        do_DELETE = do_POST
 
         def _send(self, answer: _Answer) -> None:
             self.send_response(answer.status, HTTPStatus(answer.status).phrase)
