@@ -1,0 +1,150 @@
+"""Start ``mitmdump`` on 127.0.0.1 (a free port, its own confdir and process group).
+
+Shared by the plain pass-through (no addon) and the addon instances, so both get
+the same flags: ``connection_strategy=lazy``, the default log level, a log file.
+
+For experiments (nothing else reads these):
+
+- ``QWEN_BENCH_ADDON=/path/to/qwen_addon.py``: load that script instead of the
+  repository's (a patched scratch copy);
+- ``QWEN_BENCH_PROFILE=DIR``: run each ``mitmdump`` under ``cProfile``; the stats
+  are written to ``DIR/<name>.pstats`` when it stops (SIGTERM ends it cleanly).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+MITMDUMP = ROOT / ".venv" / "bin" / "mitmdump"
+ADDON = ROOT / "addon" / "qwen_addon.py"
+LISTENING = re.compile(rb"listening at \S*?:(\d+)")
+
+
+@dataclass
+class Mitmdump:
+    name: str
+    port: int
+    confdir: Path
+    log: Path
+    process: subprocess.Popen[bytes]
+
+    @property
+    def proxy_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def ssl_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(
+            cafile=str(self.confdir / "mitmproxy-ca-cert.pem")
+        )
+
+    def memory(self) -> dict[str, int]:
+        """``VmRSS`` and ``VmHWM`` (peak) of the process, in KiB."""
+        return read_memory(self.process.pid)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def read_memory(pid: int) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = int(value.split()[0])
+    return out
+
+
+def clean_env(extra: Mapping[str, str]) -> dict[str, str]:
+    """The environment without any ``*_PROXY`` variable, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.upper().endswith("_PROXY")}
+    env.update(extra)
+    env["PYTHONUNBUFFERED"] = "1"  # the log is read while mitmdump runs
+    return env
+
+
+@contextmanager
+def mitmdump(
+    workdir: Path,
+    name: str,
+    options: Sequence[str] = (),
+    *,
+    addon: bool,
+    env: Mapping[str, str] = {},
+) -> Iterator[Mitmdump]:
+    """A running ``mitmdump``; stopped (its whole process group) on exit."""
+    script = Path(os.environ.get("QWEN_BENCH_ADDON") or ADDON)
+    prefix: list[str] = []
+    if profile := os.environ.get("QWEN_BENCH_PROFILE"):
+        out_file = Path(profile).resolve() / f"{name}.pstats"
+        out_file.parent.mkdir(parents=True, exist_ok=True)
+        prefix = [sys.executable, "-m", "cProfile", "-o", str(out_file)]
+    home = workdir / name
+    home.mkdir(parents=True, exist_ok=True)
+    confdir = home / "mitm"
+    confdir.mkdir(exist_ok=True)
+    log = home / "mitmdump.log"
+    args = [
+        *prefix,
+        str(MITMDUMP),
+        "--listen-host", "127.0.0.1",
+        "--listen-port", "0",
+        "--set", f"confdir={confdir}",
+        "--set", "connection_strategy=lazy",
+        *(["-s", str(script)] if addon else []),
+        *options,
+    ]  # fmt: skip
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            args,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=clean_env(env),
+            cwd=home,
+            start_new_session=True,  # its own process group, stopped as a whole
+        )
+    try:
+        yield Mitmdump(name, _wait_for_port(log, process), confdir, log, process)
+    finally:
+        stop(process)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the process group, then SIGKILL it if it lingers."""
+    for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        if process.poll() is not None:
+            break
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            continue
+    # Anything left in the group (mitmdump starts no children, but be sure).
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def _wait_for_port(log: Path, process: subprocess.Popen[bytes]) -> int:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        m = LISTENING.search(log.read_bytes())
+        if m:
+            return int(m[1])
+        if process.poll() is not None:
+            raise RuntimeError(f"mitmdump exited:\n{log.read_text()}")
+        time.sleep(0.05)
+    raise RuntimeError(f"mitmdump did not start:\n{log.read_text()}")
