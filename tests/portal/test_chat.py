@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -85,3 +86,12 @@ def test_drop_cuts_the_stream(portal: FakePortal) -> None:
     portal.script("sk-test", Fault("drop", after_chunks=2))
     with pytest.raises(httpx.RemoteProtocolError):
         _post(portal, "sk-test", BODY | {"stream": True})
+
+
+def test_hang_delays_the_headers_then_answers(portal: FakePortal) -> None:
+    portal.script("sk-test", Fault("hang", delay=0.4))
+    start = time.monotonic()
+    r = _post(portal, "sk-test")
+    assert time.monotonic() - start >= 0.4
+    assert r.status_code == 200
+    assert _post(portal, "sk-test").status_code == 200  # used once

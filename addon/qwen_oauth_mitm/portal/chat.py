@@ -18,7 +18,9 @@ one per request, in order:
 - ``Fault("401")``: ``invalid_api_key``, even for a good token;
 - ``Fault("500")``: a server error;
 - ``Fault("drop", after_chunks=2)``: a stream cut (connection closed) mid-way;
-- ``Fault("slow", delay=0.3)``: a stream with pauses between chunks.
+- ``Fault("slow", delay=0.3)``: a stream with pauses between chunks;
+- ``Fault("hang", delay=5)``: the usual answer, after ``delay`` seconds of silence
+  before its headers.
 
 Readable: ``requests`` (every request: token, status, body, headers) and
 :meth:`statuses`. Runs in a background thread; use as a context manager.
@@ -42,7 +44,7 @@ from typing import Any, Literal, Self
 
 from qwen_oauth_mitm.oauth.fake_server import FakeQwenOAuth
 
-FaultKind = Literal["429", "quota", "401", "500", "drop", "slow"]
+FaultKind = Literal["429", "quota", "401", "500", "drop", "slow", "hang"]
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,8 @@ class _Answer:
     stream: list[bytes] | None = None
     delay: float = 0.0
     drop_after: int | None = None
+    head_delay: float = 0.0
+    """Seconds of silence before the status line (the ``hang`` fault)."""
 
 
 class _Server(ThreadingHTTPServer):
@@ -175,6 +179,8 @@ class FakePortal:
     def answer(self, token: str, body: Any, headers: dict[str, str]) -> _Answer:
         fault = self.take_fault(token)
         result = self._answer(token, body, fault)
+        if fault is not None and fault.kind == "hang":
+            result.head_delay = fault.delay
         with self._lock:
             self.requests.append(
                 PortalRequest(
@@ -374,6 +380,8 @@ def _make_handler(portal: FakePortal) -> type[BaseHTTPRequestHandler]:
         do_DELETE = do_POST
 
         def _send(self, answer: _Answer) -> None:
+            if answer.head_delay:
+                time.sleep(answer.head_delay)
             self.send_response(answer.status, HTTPStatus(answer.status).phrase)
             for name, value in answer.headers.items():
                 self.send_header(name, value)
