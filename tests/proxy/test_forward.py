@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -282,3 +283,170 @@ async def test_a_corrupt_accounts_file_is_a_clear_503(
     await fwd.serve(job, out)
     assert out.status == 503
     assert "accounts.json" in out.json()["error"]["message"]
+
+
+# --- timeouts ---------------------------------------------------------------------
+
+FAST = {"connect_seconds": 0.1, "first_byte_seconds": 0.2}
+
+
+class Stalling(httpx.AsyncByteStream):
+    """Chunks with a pause before each but the first."""
+
+    def __init__(self, chunks: list[bytes], pause: float) -> None:
+        self.chunks, self.pause = chunks, pause
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for i, chunk in enumerate(self.chunks):
+            if i:
+                await asyncio.sleep(self.pause)
+            yield chunk
+
+
+SSE = [
+    b'data: {"choices":[{"index":0,"delta":{"content":"he"}}]}\n\n',
+    b'data: {"choices":[{"index":0,"delta":{"content":"llo"}}]}\n\n',
+    b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n',
+    b"data: [DONE]\n\n",
+]
+
+
+async def test_a_hang_before_the_headers_fails_over_without_a_health_penalty(
+    make: Callable[..., Forwarder],
+) -> None:
+    seen: list[str] = []
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        token = request.headers["authorization"].removeprefix("Bearer ")
+        seen.append(token)
+        if token == "sk-a":
+            await asyncio.sleep(10)
+        return httpx.Response(200, json=COMPLETION)
+
+    # between_chunks is long: only first_byte may end the wait.
+    timeouts = FAST | {"between_chunks_seconds": 30}
+    fwd = make([_key("a"), _key("b")], handle, timeouts=timeouts)
+    job, out = _job(), Recorder()
+    start = time.monotonic()
+    await fwd.serve(job, out)
+    assert time.monotonic() - start < 2
+    assert seen == ["sk-a", "sk-b"]
+    assert out.status == 200
+    assert (
+        job.comment()
+        == "qwen · acct b · responses→chat · failover from acct a (timeout)"
+    )
+    track = fwd.rotation.track("acct_a")
+    assert track.consecutive_failures == 1
+    assert track.health is None  # untouched: the service's fault, not the account's
+
+
+async def test_a_hang_on_every_account_is_a_504_after_one_failover(
+    make: Callable[..., Forwarder],
+) -> None:
+    async def handle(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(10)
+        raise AssertionError("unreachable")
+
+    fwd = make([_key("a"), _key("b"), _key("c")], handle, timeouts=FAST)
+    job, out = _job(), Recorder()
+    await fwd.serve(job, out)
+    assert out.status == 504
+    assert "no answer within 0.2 s" in out.json()["error"]["message"]
+    assert [a.outcome for a in job.attempts] == ["timeout", "timeout"]
+
+
+async def test_first_byte_does_not_bound_a_slow_stream(
+    make: Callable[..., Forwarder],
+) -> None:
+    """Gaps under between_chunks pass, though the whole outlasts first_byte."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, stream=Stalling(SSE, 0.1))
+
+    timeouts = FAST | {"between_chunks_seconds": 0.5}
+    fwd = make([_key("a")], handle, timeouts=timeouts)
+    job, out = _job(stream=True), Recorder()
+    start = time.monotonic()
+    await fwd.serve(job, out)
+    assert time.monotonic() - start > 0.25
+    assert not job.failed
+    assert b"response.completed" in out.body
+    assert out.finished
+
+
+@pytest.mark.parametrize("kind", ["responses", "chat"])
+async def test_a_stall_mid_stream_ends_it_promptly_and_not_as_complete(
+    make: Callable[..., Forwarder], kind: str
+) -> None:
+    def handle(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, stream=Stalling(SSE, 10))
+
+    # first_byte is long: only between_chunks may end the wait.
+    timeouts = {"first_byte_seconds": 30, "between_chunks_seconds": 0.2}
+    fwd = make([_key("a")], handle, timeouts=timeouts)
+    job, out = _job(stream=True), Recorder()
+    if kind == "chat":
+        body = {"model": "coder-model", "messages": [], "stream": True}
+        job = Job("f1", "chat", body, None, None, True)
+    start = time.monotonic()
+    await fwd.serve(job, out)
+    assert time.monotonic() - start < 2
+    assert job.failed
+    assert job.upstream_cut
+    assert job.error == "upstream stream broke (no data for 0.2 s)"
+    assert fwd.rotation.track("acct_a").last_success is None
+    if kind == "responses":
+        events = [line for line in out.body.split(b"\n") if line.startswith(b"event:")]
+        assert events[-2:] == [b"event: error", b"event: response.failed"]
+        assert b"response.completed" not in out.body
+        assert out.finished
+    else:
+        assert out.body == SSE[0]  # passed on as it came, then cut
+        assert not out.finished  # no last chunk: mitmproxy sees a cut stream
+
+
+async def test_a_stall_in_a_whole_answer_is_a_502(
+    make: Callable[..., Forwarder],
+) -> None:
+    def handle(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, stream=Stalling([b'{"choices":', b"[]}"], 10))
+
+    timeouts = {"between_chunks_seconds": 0.2}
+    fwd = make([_key("a")], handle, timeouts=timeouts)
+    job, out = _job(), Recorder()
+    await fwd.serve(job, out)
+    assert out.status == 502
+    assert "no data for 0.2 s" in out.json()["error"]["message"]
+
+
+async def test_timeouts_follow_the_config_of_the_moment(
+    make: Callable[..., Forwarder],
+) -> None:
+    """A config change (mitmweb's option editor) reaches the next request: the
+    timeouts go with each request, so the client needs no rebuilding."""
+    seen: list[dict[str, Any]] = []
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request.extensions["timeout"])
+        await asyncio.sleep(0.3)
+        return httpx.Response(200, json=COMPLETION)
+
+    fwd = make([_key("a")], handle, timeouts={"connect_seconds": 3})
+    client = fwd.http
+    job, out = _job(), Recorder()
+    await fwd.serve(job, out)
+    assert out.status == 200
+    fwd.config = fwd.config.model_copy(
+        update={
+            "timeouts": fwd.config.timeouts.model_copy(
+                update={"connect_seconds": 0.05, "first_byte_seconds": 0.1}
+            )
+        }
+    )
+    job, out = _job(), Recorder()
+    await fwd.serve(job, out)
+    assert out.status == 504  # 0.3 s is now too late
+    assert fwd.http is client
+    assert [t["connect"] for t in seen] == [3, 0.05]
+    assert all(t["read"] is None for t in seen)

@@ -11,26 +11,34 @@ The loop, per request:
 3. ``POST {api base}/chat/completions`` with our own headers (never the client's
    Authorization, cookies or SDK fingerprint).
 4. 429/quota: the account cools down, the next one is tried. 401: one refresh and
-   one retry on the same account. 5xx or a connection error (nothing sent to the
-   client yet): fail over once. Other errors go to the client.
+   one retry on the same account. 5xx, a connection error or no answer within
+   ``first_byte_seconds`` (nothing sent to the client yet): fail over once,
+   costing the account no health of its own. Other errors go to the client.
 5. 200: streamed (translated by :class:`StreamTranslator` for Responses requests,
    passed through for chat) chunk by chunk; or translated whole.
 
+Timeouts (``timeouts.*``, read from the current config for every request, so a
+change at run time needs no new client): ``connect_seconds`` to connect (and per
+write), ``first_byte_seconds`` from the moment the request is sent until the
+response headers arrive, ``between_chunks_seconds`` for each gap between two body
+chunks. httpx's own read timeout is off; :func:`asyncio.timeout` bounds the waits.
+
 Once the first byte went to the client, nothing is retried: an upstream that dies
-mid-stream gives the Responses client ``error`` + ``response.failed`` (the
-translator sees the end of a stream without a finish), a chat client a cut
+or stalls mid-stream gives the Responses client ``error`` + ``response.failed``
+(the translator sees the end of a stream without a finish), a chat client a cut
 chunked body.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import httpx
 
@@ -78,18 +86,74 @@ def upstream_headers(config: Config, token: str, *, stream: bool) -> dict[str, s
     }
 
 
+def request_timeout(config: Config) -> httpx.Timeout:
+    """httpx's part of the timeouts: connect (and each write). Reads are bounded
+    by the forwarder with :func:`asyncio.timeout` (first byte, between chunks),
+    which httpx cannot tell apart."""
+    c = config.timeouts.connect_seconds
+    return httpx.Timeout(connect=c, read=None, write=c, pool=None)
+
+
 def make_http_client(config: Config) -> httpx.AsyncClient:
     """The one client for upstream requests. ``trust_env=False``: HTTPS_PROXY may
-    point at this very proxy."""
-    t = config.timeouts
-    read = max(t.first_byte_seconds, t.between_chunks_seconds)
+    point at this very proxy. Every request carries its own timeouts
+    (:func:`request_timeout` of the config of the moment): the client never needs
+    rebuilding when they change."""
     return httpx.AsyncClient(
-        timeout=httpx.Timeout(
-            connect=t.connect_seconds, read=read, write=t.connect_seconds, pool=None
-        ),
+        timeout=request_timeout(config),
         trust_env=False,
         follow_redirects=False,
     )
+
+
+class FirstByteTimeout(Exception):
+    """The upstream sent no response headers within ``first_byte_seconds``."""
+
+
+async def send_bounded(
+    http: httpx.AsyncClient, request: httpx.Request, config: Config
+) -> httpx.Response:
+    """``http.send(request, stream=True)``, its headers due ``first_byte_seconds``
+    after the request went out (connecting is bounded by httpx's connect timeout;
+    until the request is written the deadline also allows ``connect_seconds``).
+    :class:`FirstByteTimeout` if they are late."""
+    t = config.timeouts
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout_at(
+            loop.time() + t.connect_seconds + t.first_byte_seconds
+        ) as deadline:
+
+            async def trace(name: str, info: dict[str, Any]) -> None:  # noqa: ARG001
+                if name.endswith("receive_response_headers.started"):
+                    deadline.reschedule(loop.time() + t.first_byte_seconds)
+
+            request.extensions["trace"] = trace
+            return await http.send(request, stream=True)
+    except TimeoutError:
+        raise FirstByteTimeout(f"no answer within {t.first_byte_seconds:g} s") from None
+
+
+async def bounded_chunks(
+    response: httpx.Response, gap: float, *, raw: bool
+) -> AsyncGenerator[bytes]:
+    """The body's chunks (undecoded if ``raw``), each due within ``gap`` seconds of
+    the previous one (or of the headers); ``TimeoutError`` when one is late."""
+    chunks = response.aiter_raw() if raw else response.aiter_bytes()
+    iterator = aiter(chunks)
+    while True:
+        async with asyncio.timeout(gap):
+            try:
+                chunk = await anext(iterator)
+            except StopAsyncIteration:
+                return
+        yield chunk
+
+
+async def read_bounded(response: httpx.Response, gap: float) -> bytes:
+    """The whole (decoded) body, each chunk due within ``gap`` seconds."""
+    async with contextlib.aclosing(bounded_chunks(response, gap, raw=False)) as it:
+        return b"".join([chunk async for chunk in it])
 
 
 MAX_ROUNDS = 64
@@ -224,14 +288,34 @@ class Forwarder:
         token = await self._token(job, pick, st)
         if token is None:
             return "next"
+        cfg = self.config  # one config for the whole attempt
+        url = f"{base}/chat/completions"
         request = self.http.build_request(
             "POST",
-            f"{base}/chat/completions",
+            url,
             content=json.dumps(job.chat_body, separators=(",", ":")).encode(),
-            headers=upstream_headers(self.config, token, stream=job.stream),
+            headers=upstream_headers(cfg, token, stream=job.stream),
+            timeout=request_timeout(cfg),
         )
+        log.debug(
+            "flow %s: account %s: POST %s (stream=%s, timeouts %s)",
+            job.flow_id,
+            account.label,
+            url,
+            job.stream,
+            cfg.timeouts,
+        )
+        started = time.monotonic()
         try:
-            response = await self.http.send(request, stream=True)
+            response = await send_bounded(self.http, request, cfg)
+        except FirstByteTimeout as e:
+            log.warning("account %s: upstream %s", account.label, e)
+            self.rotation.record_failure(
+                pick, self.clock(), account_fault=False, detail="first byte timeout"
+            )
+            job.attempts.append(Attempt(account.label, "timeout"))
+            st.last = (504, error_body(f"The upstream sent {e}."))
+            return self._fail_over_once(account.id, st)
         except httpx.HTTPError as e:
             log.warning("account %s: %s: %s", account.label, type(e).__name__, e)
             self.rotation.record_failure(
@@ -240,6 +324,13 @@ class Forwarder:
             job.attempts.append(Attempt(account.label, "connect error"))
             st.last = (502, error_body(f"The upstream could not be reached: {e}"))
             return self._fail_over_once(account.id, st)
+        log.debug(
+            "flow %s: account %s: upstream %d after %.2f s",
+            job.flow_id,
+            account.label,
+            response.status_code,
+            time.monotonic() - started,
+        )
         if response.status_code == 200:
             job.attempts.append(Attempt(account.label, "200"))
             job.served_by = account.label
@@ -256,8 +347,13 @@ class Forwarder:
                 else:
                     self.rotation.record_success(pick, self.clock())
             return "done"
-        body = await response.aread()
-        await response.aclose()
+        try:
+            body = await read_bounded(response, cfg.timeouts.between_chunks_seconds)
+        except (httpx.HTTPError, TimeoutError) as e:
+            body = b""  # the status says enough
+            log.debug("flow %s: error body unread: %s", job.flow_id, type(e).__name__)
+        finally:
+            await response.aclose()
         return await self._after_error(job, pick, st, token, response, body)
 
     async def _after_error(
@@ -345,11 +441,12 @@ class Forwarder:
             if job.stream:
                 await self._stream(job, response, out)
                 return
+            gap = self.config.timeouts.between_chunks_seconds
             try:
-                body = await response.aread()
-            except httpx.HTTPError as e:
+                body = await read_bounded(response, gap)
+            except (httpx.HTTPError, TimeoutError) as e:
                 job.upstream_cut = True
-                message = f"The upstream answer broke off ({type(e).__name__})."
+                message = f"The upstream answer broke off ({_why(e, gap)})."
                 await self._fail(job, out, 502, message)
                 return
             await self._whole(job, response, body, out)
@@ -367,13 +464,18 @@ class Forwarder:
             if job.translated is not None
             else None
         )
+        gap = self.config.timeouts.between_chunks_seconds
         try:
-            async for chunk in response.aiter_raw():
-                data = b"".join(translator.feed(chunk)) if translator else chunk
-                await out.write(data)
-        except httpx.HTTPError as e:
-            log.warning("flow %s: upstream stream broke: %s", job.flow_id, e)
-            job.failed, job.error = True, f"upstream stream broke ({type(e).__name__})"
+            async with contextlib.aclosing(
+                bounded_chunks(response, gap, raw=True)
+            ) as chunks:
+                async for chunk in chunks:
+                    data = b"".join(translator.feed(chunk)) if translator else chunk
+                    await out.write(data)
+        except (httpx.HTTPError, TimeoutError) as e:
+            why = _why(e, gap)
+            log.warning("flow %s: upstream stream broke: %s", job.flow_id, why)
+            job.failed, job.error = True, f"upstream stream broke ({why})"
             job.upstream_cut = True
             if translator is None:
                 return  # no last chunk: mitmproxy sees a cut stream
@@ -447,3 +549,10 @@ class Forwarder:
         job.failed, job.error, job.status = True, message, status
         if not out.started:
             await out.answer(status, body or error_body(message))
+
+
+def _why(error: Exception, gap: float) -> str:
+    """Why a body broke off, for logs and the flow comment."""
+    if isinstance(error, TimeoutError):
+        return f"no data for {gap:g} s"
+    return type(error).__name__
