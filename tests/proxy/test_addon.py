@@ -196,6 +196,80 @@ class TestRelayRewrite:
         assert f.response.status_code == 502
         assert f.marked
 
+    async def test_a_failing_scope_check_answers_too(
+        self, running: QwenAddon, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        def boom(*_: object) -> bool:
+            raise RuntimeError("kaputt")
+
+        monkeypatch.setattr("qwen_oauth_mitm.proxy.addon.is_intercepted", boom)
+        f = _flow(body=b"{}")
+        await running.request(f)
+        assert f.response is not None
+        assert f.response.status_code == 502
+        assert f.request.headers["authorization"] == "Bearer dummy"  # never sent
+
+
+class TestRepeatedSet:
+    """mitmproxy 12.3 drops a script silently when a deferred ``--set`` value of
+    one of its options cannot be parsed; the addon defuses those values."""
+
+    async def test_a_repeated_or_unparsable_option_is_reported_not_fatal(
+        self, addon: QwenAddon, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        with taddons.context() as tctx:  # type: ignore[no-untyped-call]
+            tctx.options.set(
+                "qwen_debug=false",
+                "qwen_debug=false",
+                "qwen_refresh_window_seconds=2.5",
+                "qwen_max_rate_limit_wait_seconds=7",
+                "qwen_quiet_mode=true",
+                defer=True,
+            )
+            # Without the guard, mitmproxy's process_deferred raises here.
+            tctx.master.addons.add(addon)
+            assert tctx.options.qwen_quiet_mode == "true"
+            assert tctx.options.qwen_max_rate_limit_wait_seconds == 7
+            assert tctx.options.qwen_debug is None
+            assert tctx.options.qwen_refresh_window_seconds is None
+            assert not tctx.options.deferred
+        errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert len(errors) == 2
+        assert errors[0].startswith(
+            "--set qwen_debug was given 2 times (false, false); give it once."
+        )
+        assert errors[1].startswith(
+            "--set qwen_refresh_window_seconds=2.5: not a whole number."
+        )
+
+    async def test_other_deferred_options_are_left_alone(
+        self, addon: QwenAddon, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        with taddons.context() as tctx:  # type: ignore[no-untyped-call]
+            tctx.options.set("other_x=1", "other_x=2", "qwen_debug=", defer=True)
+            tctx.master.addons.add(addon)
+            assert set(tctx.options.deferred) == {"other_x"}
+        assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+class TestTimeouts:
+    async def test_a_timeout_changed_at_run_time_reaches_the_forwarder(
+        self, running: QwenAddon
+    ) -> None:
+        client = running.forwarder.http if running.forwarder else None
+        with taddons.context(running) as tctx:  # type: ignore[no-untyped-call]
+            tctx.configure(
+                running,
+                qwen_timeouts_first_byte_seconds="0.5",
+                qwen_timeouts_between_chunks_seconds="2",
+                qwen_timeouts_connect_seconds="3",
+            )
+        assert running.forwarder is not None
+        t = running.forwarder.config.timeouts
+        assert (t.first_byte_seconds, t.between_chunks_seconds) == (0.5, 2)
+        assert t.connect_seconds == 3
+        assert running.forwarder.http is client  # per-request timeouts: no rebuild
+
 
 class TestInspection:
     async def test_comment_marks_and_metadata_after_a_failover(

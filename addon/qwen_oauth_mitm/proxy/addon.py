@@ -92,6 +92,10 @@ class QwenAddon:
     # --- options ----------------------------------------------------------------
 
     def load(self, loader: Any) -> None:
+        try:
+            options.guard_deferred(loader.master.options)
+        except Exception:
+            log.exception("cannot check the --set qwen_* options")
         options.register(loader)
 
     def configure(self, updated: set[str]) -> None:
@@ -192,16 +196,25 @@ class QwenAddon:
     # --- hooks ------------------------------------------------------------------
 
     async def request(self, flow: http.HTTPFlow) -> None:
-        if flow.response is not None or flow.error is not None:
-            return
-        cfg = self._config()
-        req = flow.request
-        if not (
-            is_intercepted(req.host, req.port, cfg)
-            or is_intercepted(req.pretty_host, req.port, cfg)
-        ):
-            return  # not ours: byte-for-byte, its own Authorization kept
+        # Everything inside the try: should even the scope check fail, the flow
+        # is answered here rather than passed on with the client's own key.
         try:
+            if flow.response is not None or flow.error is not None:
+                return
+            cfg = self._config()
+            req = flow.request
+            if not (
+                is_intercepted(req.host, req.port, cfg)
+                or is_intercepted(req.pretty_host, req.port, cfg)
+            ):
+                return  # not ours: byte-for-byte, its own Authorization kept
+            log.debug(
+                "flow %s: %s %s%s",
+                flow.id,
+                req.method,
+                req.pretty_host,
+                req.path,
+            )
             self._route(flow)
         except Exception as e:
             log.exception("flow %s: cannot handle the request", flow.id)
@@ -252,6 +265,13 @@ class QwenAddon:
         for name in ("authorization", "cookie", "proxy-authorization"):
             req.headers.pop(name, None)
         flow.comment = f"qwen · {job.kind} · relayed"
+        log.debug(
+            "flow %s: %s request (stream=%s) relayed to %s",
+            flow.id,
+            job.kind,
+            job.stream,
+            req.url,
+        )
 
     def _job(self, flow_id: str, path: str, body: object) -> Job:
         if path == "/v1/responses":

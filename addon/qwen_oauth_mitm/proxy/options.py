@@ -16,6 +16,7 @@ defaults). Only the options the user set reach :func:`config.load_config`.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,6 +25,7 @@ from mitmproxy import addonmanager
 from qwen_oauth_mitm.config import Config, leaf_types
 
 PREFIX = "qwen_"
+log = logging.getLogger(__name__)
 
 HELP: Mapping[str, str] = {
     "rotation_strategy": "How to choose an account: hybrid, round-robin or sequential.",
@@ -116,6 +118,52 @@ def register(loader: addonmanager.Loader) -> None:
             None,
             _help(key, kind),
         )
+
+
+def guard_deferred(opts: Any) -> list[str]:
+    """Defuse the ``--set qwen_*`` values mitmproxy would choke on; returns (and
+    logs at error level) what is wrong.
+
+    mitmproxy defers ``--set`` values for a script's options until the script
+    registers them (``OptionManager.process_deferred``, right after ``load``).
+    If one of them cannot be parsed there (the same option given twice, or a
+    non-integer for a whole-number option), the ``OptionsError`` escapes the
+    script loader's reload task, which dies silently: the addon is registered
+    but never hooked in, and flows go to the real portal with the client's own
+    key (mitmproxy 12.3.1, ``addons/script.py`` ``Script.loadscript``). So each
+    such value is taken out of the deferred set and reported; the error line
+    makes mitmdump (and mitmweb) exit at startup, saying why.
+    """
+    problems: list[str] = []
+    deferred: dict[str, Any] = getattr(opts, "deferred", {})
+    for name, value in list(deferred.items()):
+        if not name.startswith(PREFIX):
+            continue
+        values = getattr(value, "val", None)  # mitmproxy's _UnconvertedStrings
+        if not isinstance(values, list):
+            continue
+        key = option_keys().get(name)
+        problem: str | None = None
+        if len(values) > 1:
+            problem = (
+                f"--set {name} was given {len(values)} times ({', '.join(values)}); "
+                "give it once"
+            )
+        elif key is not None and leaf_types()[key] is int and values and values[0]:
+            try:
+                int(values[0])
+            except ValueError:
+                problem = f"--set {name}={values[0]}: not a whole number"
+        if problem is not None:
+            del deferred[name]
+            problems.append(problem)
+    for problem in problems:
+        log.error(
+            "%s. (mitmproxy would otherwise leave the Qwen addon out silently and "
+            "send requests to the real portal unchanged.)",
+            problem,
+        )
+    return problems
 
 
 def set_options(options: object) -> dict[str, Any]:
