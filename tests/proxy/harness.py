@@ -9,7 +9,7 @@ import re
 import ssl
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,6 +90,10 @@ class Proxy:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def stderr(self) -> str:
+        """Its stderr, when started with ``stderr_apart``."""
+        return self.log.with_name("mitmdump.err").read_text(errors="replace")
+
 
 def write_accounts(paths: StatePaths, accounts: Sequence[Account]) -> None:
     accounts_file(paths.accounts).write(AccountsFile(accounts=tuple(accounts)))
@@ -103,12 +107,22 @@ def run_mitmdump(
     options: Sequence[str] = (),
     *,
     wait: bool = True,
+    env: Mapping[str, str] | None = None,
+    stderr_apart: bool = False,
 ) -> Iterator[Proxy]:
+    """mitmdump with the addon; its stdout (and stderr, unless ``stderr_apart``:
+    then ``<tmp>/mitmdump.err``) in ``<tmp>/mitmdump.log``. Terminal log at debug
+    unless ``options`` set ``termlog_verbosity``."""
     confdir = tmp / "mitm"
     confdir.mkdir(exist_ok=True)
     log = tmp / "mitmdump.log"
-    env = {k: v for k, v in os.environ.items() if not k.upper().endswith("_PROXY")}
-    env.update(
+    environ = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.upper().endswith("_PROXY") and not k.startswith("QWEN_")
+    }
+    environ.update(env or {})
+    environ.update(
         XDG_CONFIG_HOME=str(tmp / "config"),
         QWEN_OAUTH_BASE_URL=fake.url,
         QWEN_API_BASE_URL=portal.url,
@@ -120,17 +134,22 @@ def run_mitmdump(
         "--listen-port", "0",
         "--set", f"confdir={confdir}",
         "--set", "connection_strategy=lazy",
-        "--set", "termlog_verbosity=debug",
         "-s", str(SCRIPT),
         *options,
     ]  # fmt: skip
+    # Defaults unless a test sets them (one option given twice is an error).
+    if not any(o.startswith("termlog_verbosity=") for o in options):
+        args += ["--set", "termlog_verbosity=debug"]
     if not any(o.startswith("qwen_proactive_refresh=") for o in options):
         # Off unless a test wants it: refresh counts must be the requests' own.
-        # (Never pass one option twice: mitmdump 12.3 then leaves the addon out.)
         args += ["--set", "qwen_proactive_refresh=false"]
-    with log.open("wb") as out:
+    with log.open("wb") as out, (tmp / "mitmdump.err").open("wb") as err:
         process = subprocess.Popen(
-            args, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp
+            args,
+            stdout=out,
+            stderr=err if stderr_apart else subprocess.STDOUT,
+            env=environ,
+            cwd=tmp,
         )
     try:
         port = _wait_for_port(log, process) if wait else 0

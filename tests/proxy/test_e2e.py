@@ -144,6 +144,19 @@ def test_a_bad_option_stops_mitmdump_with_the_reason(
     assert json.dumps("bogus") in out or "'bogus'" in out
 
 
+def test_a_repeated_option_stops_mitmdump_instead_of_dropping_the_addon(
+    tmp_path: Path, fake: FakeQwenOAuth, portal: FakePortal
+) -> None:
+    """mitmproxy 12.3 alone would run on without the addon (requests to the real
+    portal with the client's key); the addon's load guard makes it exit."""
+    options = ["--set", "qwen_debug=false", "--set", "qwen_debug=false"]
+    with run_mitmdump(tmp_path, fake, portal, options, wait=False) as p:
+        code = p.process.wait(timeout=30)
+        out = p.output()
+    assert code != 0
+    assert "--set qwen_debug was given 2 times (false, false); give it once." in out
+
+
 WEATHER: Any = {
     "type": "function",
     "name": "weather",
