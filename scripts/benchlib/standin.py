@@ -7,7 +7,9 @@ written, then the portal's usual finish, usage and ``[DONE]`` chunks. The client
 (same process, same clock) finds each stamp in what it receives, so the delay of
 every event is measured exactly, whatever the proxy did to the stream's shape.
 
-The stand-in's sockets get ``TCP_NODELAY`` (see :class:`StampingPortal`).
+:class:`FakePortal` sets ``TCP_NODELAY`` on its sockets (with Nagle on, a stream's
+first chunk would wait for the client's delayed ACK, ~40 ms, and swamp every figure
+here).
 """
 
 from __future__ import annotations
@@ -23,14 +25,6 @@ from qwen_oauth_mitm.portal.chat import _Answer
 
 class StampingPortal(FakePortal):
     stamped: tuple[int, float] | None = None
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        # Like a real server (nginx sets TCP_NODELAY), and unlike http.server's
-        # default: with Nagle on, the first chunk waits behind the headers for the
-        # client's delayed ACK (~40 ms) whenever the connection is busy, which
-        # would swamp every figure here with an artefact of the stand-in.
-        self._server.RequestHandlerClass.disable_nagle_algorithm = True  # type: ignore[attr-defined]
 
     def answer(self, token: str, body: Any, headers: dict[str, str]) -> _Answer:
         result = super().answer(token, body, headers)

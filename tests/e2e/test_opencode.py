@@ -17,9 +17,10 @@ registry is pre-empted by a config folder that already lists it (see
 every other request OpenCode made would show in the mitmdump log: the tests check
 that the portal is the only host it asked for.
 
-The stand-in answers text by itself; a ``read`` tool call is scripted here (the
-stand-in's own tool answer calls the first tool offered with fixed arguments):
-:func:`scripted_read` wraps its reply function for one test.
+The stand-in answers text by itself; OpenCode's main request (the one that offers
+tools) is answered with a scripted reply (:meth:`FakePortal.reply_with`): text, or a
+``read`` tool call, whose result OpenCode sends back in its next request (answered
+``The tool said: <result>``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import os
 import re
 import signal
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,8 +41,7 @@ from tests.proxy.harness import Proxy, oauth_account, run_mitmdump, write_accoun
 
 from qwen_oauth_mitm.oauth.fake_server import FakeQwenOAuth
 from qwen_oauth_mitm.paths import StatePaths
-from qwen_oauth_mitm.portal import FakePortal, PortalRequest
-from qwen_oauth_mitm.portal import chat as portal_chat
+from qwen_oauth_mitm.portal import FakePortal, PortalRequest, Text, ToolCall
 
 from .npm_cache import ROOT, ensure_installed
 
@@ -51,8 +51,6 @@ OPENCODE_VERSION = "1.18.33"
 DUMMY_KEY = "sk-opencode-placeholder-never-sent-upstream"
 ANSWER = "Bonjour from the stand-in portal."
 RUN_TIMEOUT = 60.0
-
-_Reply = Callable[[dict[str, Any], str], tuple[dict[str, Any], str]]
 
 
 # --- installing and configuring OpenCode --------------------------------------------
@@ -218,43 +216,11 @@ def setup(opencode: Path, tmp_path: Path, fake: FakeQwenOAuth) -> Iterator[Setup
         yield Setup(opencode, tmp_path, project, proxy, portal, fake)
 
 
-# --- scripting the stand-in's answers -----------------------------------------------
+# --- the stand-in's requests -------------------------------------------------------
 
 
 def _tool_names(body: dict[str, Any]) -> list[str]:
     return [str(t.get("function", {}).get("name")) for t in body.get("tools") or []]
-
-
-def _last_role(body: dict[str, Any]) -> str | None:
-    messages = body.get("messages") or [{}]
-    last = messages[-1]
-    return str(last.get("role")) if isinstance(last, dict) else None
-
-
-def scripted_read(monkeypatch: pytest.MonkeyPatch, file_path: Path | None) -> None:
-    """Make the stand-in answer a request that offers tools (OpenCode's main request)
-    with a ``read`` call of ``file_path`` (or, with ``None``, with text), and
-    everything else as it does by itself: text, or ``The tool said: <result>``."""
-    original: _Reply = portal_chat._reply
-
-    def reply(body: dict[str, Any], text: str) -> tuple[dict[str, Any], str]:
-        if body.get("tools") and _last_role(body) != "tool":
-            if file_path is None:
-                return {"role": "assistant", "content": text}, "stop"
-            assert "read" in _tool_names(body), _tool_names(body)
-            call = {
-                "id": "call_read_1",
-                "type": "function",
-                "function": {
-                    "name": "read",
-                    "arguments": json.dumps({"filePath": str(file_path)}),
-                },
-            }
-            message = {"role": "assistant", "content": None, "tool_calls": [call]}
-            return message, "tool_calls"
-        return original(body, text)
-
-    monkeypatch.setattr(portal_chat, "_reply", reply)
 
 
 # --- checks -------------------------------------------------------------------------
@@ -284,10 +250,8 @@ def _describe(run: Run, setup: Setup) -> str:
 # --- tests --------------------------------------------------------------------------
 
 
-def test_opencode_prints_the_portal_answer(
-    setup: Setup, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    scripted_read(monkeypatch, None)
+def test_opencode_prints_the_portal_answer(setup: Setup) -> None:
+    setup.portal.reply_with(Text(ANSWER))  # text, though tools are offered
     run = setup.run("Say", "hello")
     assert run.returncode == 0, _describe(run, setup)
     assert "".join(run.texts()) == ANSWER, _describe(run, setup)
@@ -297,16 +261,17 @@ def test_opencode_prints_the_portal_answer(
     assert "read" in _tool_names(dict(main.body))
     user = [m for m in main.body["messages"] if m.get("role") == "user"]
     assert "Say hello" in json.dumps(user)
+    assert setup.portal.pending_replies() == []  # the main request took it
     _assert_only_accounts_reached_the_portal(setup)
 
 
-def test_opencode_runs_the_read_tool_the_portal_asks_for(
-    setup: Setup, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_opencode_runs_the_read_tool_the_portal_asks_for(setup: Setup) -> None:
     marker = f"marker-{os.urandom(6).hex()}"
     notes = setup.project / "notes.txt"
     notes.write_text(f"The secret word is {marker}.\n")
-    scripted_read(monkeypatch, notes)
+    setup.portal.reply_with(
+        ToolCall("read", {"filePath": str(notes)}, id="call_read_1")
+    )
 
     run = setup.run("Read", "the", "notes", "file")
 
@@ -321,6 +286,8 @@ def test_opencode_runs_the_read_tool_the_portal_asks_for(
     # function_call_output, which reaches the portal as a tool message) ...
     first, second = _main_requests(setup.portal)
     assert first.status == second.status == 200
+    assert "read" in _tool_names(dict(first.body))  # the call was of a tool offered
+    assert setup.portal.pending_replies() == []
     call = second.body["messages"][-2]
     result = second.body["messages"][-1]
     assert call["role"] == "assistant"

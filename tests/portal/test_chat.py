@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import socket
+import statistics
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
 
 from qwen_oauth_mitm.oauth.fake_server import FakeQwenOAuth
-from qwen_oauth_mitm.portal import FakePortal, Fault
+from qwen_oauth_mitm.portal import FakePortal, Fault, Text, ToolCall
 
 BODY = {"model": "coder-model", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -95,3 +98,140 @@ def test_hang_delays_the_headers_then_answers(portal: FakePortal) -> None:
     assert time.monotonic() - start >= 0.4
     assert r.status_code == 200
     assert _post(portal, "sk-test").status_code == 200  # used once
+
+
+# --- scripted replies -----------------------------------------------------------------
+
+TOOLS = [
+    {"type": "function", "function": {"name": "weather", "parameters": {}}},
+    {"type": "function", "function": {"name": "read", "parameters": {}}},
+]
+TOOL_BODY = BODY | {"tools": TOOLS}
+TOOL_RESULT = {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}
+
+
+def _message(r: httpx.Response) -> dict[str, Any]:
+    assert r.status_code == 200, r.text
+    return dict(r.json()["choices"][0]["message"])
+
+
+def _call(r: httpx.Response) -> tuple[str, str, dict[str, Any]]:
+    [call] = _message(r)["tool_calls"]
+    function = call["function"]
+    return call["id"], function["name"], json.loads(function["arguments"])
+
+
+def test_scripted_replies_are_one_queue_for_all_tokens(
+    portal: FakePortal, fake: FakeQwenOAuth
+) -> None:
+    token = str(fake.issue_tokens()["access_token"])
+    portal.reply_with(
+        ToolCall("read", {"filePath": "/tmp/é.txt"}, id="call_read_1"),
+        Text("No tool this time."),
+    )
+    assert _call(_post(portal, "sk-test", TOOL_BODY)) == (
+        "call_read_1",
+        "read",
+        {"filePath": "/tmp/é.txt"},
+    )
+    second = _post(portal, token, TOOL_BODY)  # another token, the next reply
+    assert second.json()["choices"][0]["finish_reason"] == "stop"
+    assert _message(second) == {"role": "assistant", "content": "No tool this time."}
+    assert portal.pending_replies() == []
+    # The queue is empty: the usual call of the first tool offered.
+    assert _call(_post(portal, "sk-test", TOOL_BODY)) == (
+        "call_fake_1",
+        "weather",
+        {"city": "Paris"},
+    )
+
+
+def test_scripted_replies_wait_for_a_request_that_offers_tools(
+    portal: FakePortal,
+) -> None:
+    call = ToolCall("read", {"filePath": "a.txt"})
+    portal.reply_with(call)
+    # No tools offered, or a tool result last: the usual answers, queue untouched.
+    assert _message(_post(portal, "sk-test"))["content"] == portal.text
+    after_tool = TOOL_BODY | {"messages": [*BODY["messages"], TOOL_RESULT]}
+    assert _message(_post(portal, "sk-test", after_tool))["content"] == (
+        "The tool said: sunny"
+    )
+    # A faulted request is not answered: the reply stays for the retry.
+    portal.script("sk-test", Fault("429"))
+    assert _post(portal, "sk-test", TOOL_BODY).status_code == 429
+    assert _post(portal, "bad-token", TOOL_BODY).status_code == 401
+    assert portal.pending_replies() == [call]
+    assert _call(_post(portal, "sk-test", TOOL_BODY)) == (
+        "call_fake_1",
+        "read",
+        {"filePath": "a.txt"},
+    )
+
+
+def test_scripted_tool_call_streams_with_reasoning(portal: FakePortal) -> None:
+    portal.reply_with(ToolCall("read", {"filePath": "x"}, id="call_x"))
+    body = TOOL_BODY | {"stream": True, "enable_thinking": True}
+    events = [
+        json.loads(e) for e in _events(_post(portal, "sk-test", body).content)[:-1]
+    ]
+    deltas = [e["choices"][0]["delta"] for e in events if e["choices"]]
+    reasoning = "".join(d.get("reasoning_content") or "" for d in deltas)
+    calls = [c for d in deltas for c in d.get("tool_calls") or []]
+    assert reasoning
+    assert calls[0]["id"] == "call_x"
+    assert calls[0]["function"]["name"] == "read"
+    arguments = "".join(c["function"]["arguments"] for c in calls)
+    assert json.loads(arguments) == {"filePath": "x"}
+    assert [e["choices"][0]["finish_reason"] for e in events if e["choices"]][
+        -1
+    ] == "tool_calls"
+
+
+def test_clear_replies_and_bad_replies(portal: FakePortal) -> None:
+    portal.reply_with(Text("a"), Text("b"))
+    assert portal.pending_replies() == [Text("a"), Text("b")]
+    portal.clear_replies()
+    assert portal.pending_replies() == []
+    with pytest.raises(TypeError):
+        portal.reply_with("text")  # type: ignore[arg-type]
+    assert portal.pending_replies() == []
+
+
+# --- Nagle ------------------------------------------------------------------------
+
+
+def _first_chunk_delays(url: str, requests: int) -> list[float]:
+    """Seconds from sending each streamed request (one kept-alive connection, as a
+    proxy would use it) to receiving the first ``data:`` chunk of its answer."""
+    host, port = url.removeprefix("http://").split("/", 1)[0].split(":")
+    body = json.dumps(BODY | {"stream": True}).encode()
+    request = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Authorization: Bearer sk-test\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    delays = []
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for _ in range(requests):
+            start = time.perf_counter()
+            sock.sendall(request)
+            received = b""
+            first: float | None = None
+            while not received.endswith(b"\r\n0\r\n\r\n"):
+                data = sock.recv(65536)
+                assert data, received
+                received += data
+                if first is None and b"data: " in received:
+                    first = time.perf_counter() - start
+            assert first is not None
+            delays.append(first)
+    return delays
+
+
+def test_first_stream_chunk_is_not_held_back_by_nagle(portal: FakePortal) -> None:
+    # With Nagle on, the first chunk (a small write right after the headers) waits
+    # for the client's delayed ACK: about 40 ms a request on Linux loopback.
+    delays = _first_chunk_delays(portal.url, 8)
+    assert statistics.median(delays) < 0.030, delays

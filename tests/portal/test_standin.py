@@ -290,6 +290,56 @@ def test_bad_fault_specs_are_400(
     assert _stats(standin, http)["faults_pending"] == 0
 
 
+def _replies(standin: StandIn, http: httpx.Client, body: Any) -> httpx.Response:
+    return http.post(standin.base_url + "/admin/replies", json=body)
+
+
+def test_scripted_replies_through_the_admin_api(
+    standin: StandIn, http: httpx.Client
+) -> None:
+    tools = [{"type": "function", "function": {"name": "read", "parameters": {}}}]
+    body = CHAT | {"tools": tools}
+    replies = [
+        {"tool": "read", "arguments": {"filePath": "/tmp/a"}, "id": "call_a"},
+        {"tool": "read"},
+        {"text": "Done."},
+    ]
+    r = _replies(standin, http, {"replies": replies})
+    assert r.json() == {"queued": 3, "pending": 3}
+    assert _stats(standin, http)["replies_pending"] == 3
+    calls = [_chat(standin, http, "sk-key", body).json() for _ in range(2)]
+    [first], [second] = (c["choices"][0]["message"]["tool_calls"] for c in calls)
+    assert (first["id"], first["function"]["name"]) == ("call_a", "read")
+    assert json.loads(first["function"]["arguments"]) == {"filePath": "/tmp/a"}
+    assert json.loads(second["function"]["arguments"]) == {}
+    message = _chat(standin, http, "sk-key", body).json()["choices"][0]["message"]
+    assert message["content"] == "Done."
+    assert _stats(standin, http)["replies_pending"] == 0
+    _replies(standin, http, {"replies": [{"text": "never used"}]})
+    assert http.delete(standin.base_url + "/admin/replies").is_success
+    assert _stats(standin, http)["replies_pending"] == 0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        [{"text": "a"}],
+        {"replies": {"text": "a"}},
+        {"replies": [{"text": "a"}], "extra": 1},
+        {"replies": [{"text": 1}]},
+        {"replies": [{"tool": ""}]},
+        {"replies": [{"tool": "read", "arguments": []}]},
+        {"replies": [{"tool": "read", "id": 3}]},
+        {"replies": [{"tool": "read", "bogus": 1}]},
+        {"replies": [{"text": "ok"}, {"nope": "x"}]},
+    ],
+)
+def test_bad_replies_are_400(standin: StandIn, http: httpx.Client, body: Any) -> None:
+    r = _replies(standin, http, body)
+    assert r.status_code == 400, r.text
+    assert _stats(standin, http)["replies_pending"] == 0
+
+
 def test_stats_reset_and_unknown_paths(standin: StandIn, http: httpx.Client) -> None:
     _chat(standin, http, "sk-key")
     assert _stats(standin, http)["requests"] == 1

@@ -374,6 +374,9 @@ def _error(status: int, error: str, description: str) -> tuple[int, bytes, str]:
 def _make_handler(fake: FakeQwenOAuth) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "FakeQwenOAuth/1"
+        # TCP_NODELAY, like a real server: with Nagle on, the body (a second small
+        # write after the headers) can wait for the client's delayed ACK.
+        disable_nagle_algorithm = True
 
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)

@@ -23,7 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m qwen_oauth_mitm.portal",
         description="A stand-in for the Qwen portal on 127.0.0.1: OAuth device flow "
-        "and refresh, /v1/chat/completions, and /admin/faults + /admin/stats for "
+        "and refresh, /v1/chat/completions, and /admin/faults, /admin/replies and "
+        "/admin/stats for "
         "tests and demos. No network, no account.",
     )
     parser.add_argument("--port", type=int, default=0, help="default: a free port")

@@ -8,6 +8,13 @@ message is not a tool result; with ``enable_thinking`` it is preceded by
 ``reasoning_content``. JSON goes out as raw UTF-8 (multi-byte text unescaped), as
 the portal sends it.
 
+Scripted replies: :meth:`FakePortal.reply_with` queues replies (``ToolCall(name,
+arguments)``, ``Text(text)``) in one queue for all tokens (rotation decides which
+account makes a request), each used once, in order, by the next request that offers
+tools and whose last message is not a tool result (and that is answered, not
+faulted). Other requests, and all of them once the queue is empty, get the usual
+reply above.
+
 Tokens: ``Authorization: Bearer <t>`` is accepted when ``t`` is one of ``keys`` or a
 live access token of the linked :class:`FakeQwenOAuth`; otherwise a 401 in the
 portal's shape. Faults are queued per token with :meth:`FakePortal.script` and used
@@ -35,6 +42,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -53,6 +61,25 @@ class Fault:
     retry_after: float | None = None
     after_chunks: int = 2
     delay: float = 0.3
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A scripted reply: a call of the tool ``name`` with ``arguments``."""
+
+    name: str
+    arguments: Mapping[str, Any] = field(default_factory=dict)
+    id: str = "call_fake_1"
+
+
+@dataclass(frozen=True)
+class Text:
+    """A scripted reply: ``text``, even though tools are offered."""
+
+    text: str
+
+
+Reply = ToolCall | Text
 
 
 @dataclass(frozen=True)
@@ -101,6 +128,7 @@ class FakePortal:
         self.chunk_delay = chunk_delay
         self.requests: list[PortalRequest] = []
         self._faults: dict[str, list[Fault]] = {}
+        self._replies: deque[Reply] = deque()
         self._lock = threading.Lock()
         self._server = _Server((host, port), _make_handler(self))
         self._thread: threading.Thread | None = None
@@ -146,6 +174,31 @@ class FakePortal:
         """Queue faults for the next requests made with ``token``."""
         with self._lock:
             self._faults.setdefault(token, []).extend(faults)
+
+    def reply_with(self, *replies: Reply) -> None:
+        """Queue replies for the next requests that offer tools and do not end with
+        a tool result, whichever token they carry (see the module docstring)."""
+        for reply in replies:
+            if not isinstance(reply, ToolCall | Text):
+                raise TypeError(f"not a ToolCall or Text: {reply!r}")
+        with self._lock:
+            self._replies.extend(replies)
+
+    def pending_replies(self) -> list[Reply]:
+        """The scripted replies not used yet."""
+        with self._lock:
+            return list(self._replies)
+
+    def clear_replies(self) -> None:
+        with self._lock:
+            self._replies.clear()
+
+    def take_reply(self, body: dict[str, Any]) -> Reply | None:
+        """The scripted reply for ``body``, if it takes one and one is queued."""
+        if not _wants_tool_call(body):
+            return None
+        with self._lock:
+            return self._replies.popleft() if self._replies else None
 
     def statuses(self, token: str | None = None) -> list[int]:
         with self._lock:
@@ -209,7 +262,7 @@ class FakePortal:
             return _error(500, "InternalError", "Internal server error.")
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             return _error(400, "invalid_request_error", "messages is required")
-        message, finish = _reply(body, self.text)
+        message, finish = _reply(body, self.text, self.take_reply(body))
         model = str(body.get("model") or "coder-model")
         usage = self.usage(token, body)
         if not body.get("stream"):
@@ -245,8 +298,22 @@ def _error(status: int, code: str, message: str) -> _Answer:
 _REASONING = "The user wants a short answer; I will keep it brief."
 
 
-def _reply(body: dict[str, Any], text: str) -> tuple[dict[str, Any], str]:
-    message, finish = _plain_reply(body, text)
+def _wants_tool_call(body: dict[str, Any]) -> bool:
+    """Whether ``body`` offers tools and its last message is not a tool result."""
+    messages = body.get("messages") or [{}]
+    last = messages[-1] if isinstance(messages[-1], dict) else {}
+    return bool(body.get("tools")) and last.get("role") != "tool"
+
+
+def _reply(
+    body: dict[str, Any], text: str, scripted: Reply | None = None
+) -> tuple[dict[str, Any], str]:
+    if isinstance(scripted, ToolCall):
+        message, finish = _tool_call(scripted), "tool_calls"
+    elif isinstance(scripted, Text):
+        message, finish = {"role": "assistant", "content": scripted.text}, "stop"
+    else:
+        message, finish = _plain_reply(body, text)
     if body.get("enable_thinking"):
         message = {"role": "assistant", "reasoning_content": _REASONING} | message
     return message, finish
@@ -255,19 +322,12 @@ def _reply(body: dict[str, Any], text: str) -> tuple[dict[str, Any], str]:
 def _plain_reply(body: dict[str, Any], text: str) -> tuple[dict[str, Any], str]:
     messages = body["messages"]
     last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
-    tools = body.get("tools") or []
-    if tools and last.get("role") != "tool":
-        name = str(tools[0].get("function", {}).get("name", "tool"))
-        call = {
-            "id": "call_fake_1",
-            "type": "function",
-            "function": {"name": name, "arguments": '{"city":"Paris"}'},
-        }
-        return {
-            "role": "assistant",
-            "content": None,
-            "tool_calls": [call],
-        }, "tool_calls"
+    if _wants_tool_call(body):
+        tools = body["tools"]
+        first = tools[0] if isinstance(tools, list) and tools else {}
+        function = first.get("function") if isinstance(first, dict) else None
+        name = function.get("name", "tool") if isinstance(function, dict) else "tool"
+        return _tool_call(ToolCall(str(name), {"city": "Paris"})), "tool_calls"
     content = last.get("content")
     if isinstance(content, list) and any(
         isinstance(p, dict) and p.get("type") == "image_url" for p in content
@@ -276,6 +336,23 @@ def _plain_reply(body: dict[str, Any], text: str) -> tuple[dict[str, Any], str]:
     elif last.get("role") == "tool":
         text = f"The tool said: {last.get('content')}"
     return {"role": "assistant", "content": text}, "stop"
+
+
+def _tool_call(call: ToolCall) -> dict[str, Any]:
+    arguments = json.dumps(
+        dict(call.arguments), ensure_ascii=False, separators=(",", ":")
+    )
+    return {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": arguments},
+            }
+        ],
+    }
 
 
 _USAGE = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
@@ -368,6 +445,10 @@ def _make_handler(portal: FakePortal) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = "FakeQwenPortal/1"
+        # TCP_NODELAY, like a real server: with Nagle on, a stream's first chunk
+        # (a small write right after the headers) waits for the client's delayed
+        # ACK, about 40 ms on a kept-alive connection.
+        disable_nagle_algorithm = True
 
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)

@@ -19,6 +19,11 @@ stand-in at ``http://127.0.0.1:PORT``:
   ``"count"`` (default 1; 0 = until cleared). Without a target the fault goes to
   the next requests, whichever account makes them. Kinds and fields are those of
   :class:`~.chat.Fault`; ``DELETE /admin/faults`` clears them all;
+- ``POST /admin/replies`` with JSON ``{"replies": [{"tool": "read", "arguments":
+  {"filePath": "/tmp/x"}, "id": "call_1"}, {"text": "Done."}]}``: scripted replies
+  (:meth:`~.chat.FakePortal.reply_with`: a tool call, ``id`` optional, or text) for
+  the next requests that offer tools and do not end with a tool result, whichever
+  account makes them; ``DELETE /admin/replies`` clears them;
 - ``POST /admin/revoke`` ``{"account": NAME}``: its refresh token dies (the next
   refresh gets ``invalid_grant``) and its access tokens stop working (401);
 - ``POST /admin/login`` ``{"identity": "x@y"}``: who approves the next login;
@@ -54,7 +59,16 @@ from urllib.parse import parse_qsl
 
 from qwen_oauth_mitm.oauth.fake_server import FakeQwenOAuth
 from qwen_oauth_mitm.oauth.protocol import DEVICE_CODE_PATH, TOKEN_PATH
-from qwen_oauth_mitm.portal.chat import FakePortal, Fault, FaultKind, _Answer, _error
+from qwen_oauth_mitm.portal.chat import (
+    FakePortal,
+    Fault,
+    FaultKind,
+    Reply,
+    Text,
+    ToolCall,
+    _Answer,
+    _error,
+)
 
 HOST = "127.0.0.1"
 DEFAULT_TEXT = (
@@ -332,6 +346,7 @@ class StandIn(FakePortal):
             "accounts": accounts,
             "oauth": oauth,
             "faults_pending": pending,
+            "replies_pending": len(self.pending_replies()),
             "recent": recent,
         }
 
@@ -401,6 +416,11 @@ class StandIn(FakePortal):
             case "DELETE", "/admin/faults":
                 self.clear_faults()
                 return _json(200, {"cleared": True})
+            case "POST", "/admin/replies":
+                return self._admin_replies(body)
+            case "DELETE", "/admin/replies":
+                self.clear_replies()
+                return _json(200, {"cleared": True})
             case "POST", "/admin/revoke":
                 name = str(body.get("account", ""))
                 if not self.revoke(name):
@@ -451,6 +471,44 @@ class StandIn(FakePortal):
                 "count": count or "until cleared",
             },
         )
+
+    def _admin_replies(self, body: dict[str, Any]) -> _Answer:
+        specs = body.get("replies")
+        if not isinstance(specs, list) or set(body) != {"replies"}:
+            return _error(400, "invalid_reply", 'send {"replies": [...]}')
+        try:
+            replies = [_parse_reply(spec) for spec in specs]
+        except ValueError as e:
+            return _error(400, "invalid_reply", str(e))
+        self.reply_with(*replies)
+        return _json(
+            200,
+            {"queued": len(replies), "pending": len(self.pending_replies())},
+        )
+
+
+def _parse_reply(spec: object) -> Reply:
+    """``{"text": str}`` or ``{"tool": str, "arguments": {...}, "id": str}``."""
+    if isinstance(spec, dict) and set(spec) == {"text"}:
+        if isinstance(spec["text"], str):
+            return Text(spec["text"])
+    elif isinstance(spec, dict) and "tool" in spec:
+        name, arguments = spec["tool"], spec.get("arguments", {})
+        call_id = spec.get("id")
+        if (
+            set(spec) <= {"tool", "arguments", "id"}
+            and isinstance(name, str)
+            and name
+            and isinstance(arguments, dict)
+            and isinstance(call_id, str | None)
+        ):
+            if call_id is None:
+                return ToolCall(name, arguments)
+            return ToolCall(name, arguments, call_id)
+    raise ValueError(
+        'a reply is {"text": "..."} or {"tool": NAME, "arguments": {...}, '
+        f'"id": "call_..."}}, not {json.dumps(spec)}'
+    )
 
 
 def _current(local: threading.local) -> _Seen:
