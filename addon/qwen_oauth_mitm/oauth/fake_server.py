@@ -47,12 +47,12 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
-from typing import Any, Literal, Self
+from http.server import BaseHTTPRequestHandler
+from typing import Any, Literal
 from urllib.parse import parse_qsl
 
 from qwen_oauth_mitm.config import DEFAULT_CLIENT_ID
+from qwen_oauth_mitm.localserver import LocalServer
 from qwen_oauth_mitm.oauth.protocol import (
     DEVICE_CODE_PATH,
     DEVICE_GRANT_TYPE,
@@ -96,7 +96,7 @@ class _Session:
     access_tokens: dict[str, float] = field(default_factory=dict)  # token -> expiry
 
 
-class FakeQwenOAuth:
+class FakeQwenOAuth(LocalServer):
     """A stand-in Qwen OAuth server; see the module docstring for the knobs."""
 
     def __init__(
@@ -139,45 +139,15 @@ class FakeQwenOAuth:
         self._lock = threading.RLock()
         self._grants: dict[str, _Grant] = {}
         self._sessions: dict[str, _Session] = {}  # refresh token -> session
-        self._server = ThreadingHTTPServer((host, port), _make_handler(self))
-        self._server.daemon_threads = True
-        self._thread: threading.Thread | None = None
+        super().__init__(
+            _make_handler(self), host=host, port=port, name="fake-qwen-oauth"
+        )
 
     # --- running ---------------------------------------------------------------
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    def start(self) -> Self:
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._server.serve_forever,
-                kwargs={"poll_interval": 0.05},
-                name="fake-qwen-oauth",
-                daemon=True,
-            )
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join()
-            self._thread = None
-        self._server.server_close()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        return self.base_url
 
     # --- control ---------------------------------------------------------------
 

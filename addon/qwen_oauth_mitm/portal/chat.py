@@ -46,10 +46,10 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
-from typing import Any, Literal, Self
+from http.server import BaseHTTPRequestHandler
+from typing import Any, Literal
 
+from qwen_oauth_mitm.localserver import LocalServer
 from qwen_oauth_mitm.oauth.fake_server import FakeQwenOAuth
 
 FaultKind = Literal["429", "quota", "401", "500", "drop", "slow", "hang"]
@@ -102,14 +102,7 @@ class _Answer:
     """Seconds of silence before the status line (the ``hang`` fault)."""
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    # The default listen backlog (5) refuses connections under a burst of
-    # parallel requests, which would look like an upstream outage.
-    request_queue_size = 128
-
-
-class FakePortal:
+class FakePortal(LocalServer):
     """A stand-in Qwen chat API; see the module docstring."""
 
     def __init__(
@@ -130,43 +123,14 @@ class FakePortal:
         self._faults: dict[str, list[Fault]] = {}
         self._replies: deque[Reply] = deque()
         self._lock = threading.Lock()
-        self._server = _Server((host, port), _make_handler(self))
-        self._thread: threading.Thread | None = None
+        super().__init__(
+            _make_handler(self), host=host, port=port, name="fake-qwen-portal"
+        )
 
     @property
     def url(self) -> str:
         """The API base, ``http://127.0.0.1:PORT/v1``."""
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}/v1"
-
-    def start(self) -> Self:
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._server.serve_forever,
-                kwargs={"poll_interval": 0.05},
-                name="fake-qwen-portal",
-                daemon=True,
-            )
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join()
-            self._thread = None
-        self._server.server_close()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        return f"{self.base_url}/v1"
 
     # --- control and reading ----------------------------------------------------
 

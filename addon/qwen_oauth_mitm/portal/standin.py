@@ -181,11 +181,6 @@ class StandIn(FakePortal):
         self._recent: deque[dict[str, Any]] = deque(maxlen=_RECENT)
         self._seen = threading.local()
 
-    @property
-    def base_url(self) -> str:
-        """``http://127.0.0.1:PORT``: the OAuth base; the API base is :attr:`url`."""
-        return self.url.removesuffix("/v1")
-
     # --- accounts ---------------------------------------------------------------
 
     def account_of(self, token: str) -> str | None:
