@@ -15,21 +15,20 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import signal
 import ssl
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.proxy.harness import wait_for_port
+
 ROOT = Path(__file__).resolve().parents[2]
 MITMDUMP = ROOT / ".venv" / "bin" / "mitmdump"
 ADDON = ROOT / "addon" / "qwen_addon.py"
-LISTENING = re.compile(rb"listening at \S*?:(\d+)")
 
 
 @dataclass
@@ -115,7 +114,9 @@ def mitmdump(
             start_new_session=True,  # its own process group, stopped as a whole
         )
     try:
-        yield Mitmdump(name, _wait_for_port(log, process), confdir, log, process)
+        yield Mitmdump(
+            name, wait_for_port(log, process, timeout=30), confdir, log, process
+        )
     finally:
         stop(process)
 
@@ -136,15 +137,3 @@ def stop(process: subprocess.Popen[bytes]) -> None:
     # Anything left in the group (mitmdump starts no children, but be sure).
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signal.SIGKILL)
-
-
-def _wait_for_port(log: Path, process: subprocess.Popen[bytes]) -> int:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        m = LISTENING.search(log.read_bytes())
-        if m:
-            return int(m[1])
-        if process.poll() is not None:
-            raise RuntimeError(f"mitmdump exited:\n{log.read_text()}")
-        time.sleep(0.05)
-    raise RuntimeError(f"mitmdump did not start:\n{log.read_text()}")

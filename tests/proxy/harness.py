@@ -27,7 +27,9 @@ from qwen_oauth_mitm.store import accounts_file
 ROOT = Path(__file__).resolve().parents[2]
 MITMDUMP = ROOT / ".venv" / "bin" / "mitmdump"
 SCRIPT = ROOT / "addon" / "qwen_addon.py"
-LISTENING = re.compile(rb"proxy listening at \S*?:(\d+)")
+# Regular mode says "HTTP(S) proxy listening at", reverse mode "reverse proxy to ...
+# listening at": both end in the address.
+LISTENING = re.compile(rb"listening at \S*?:(\d+)")
 
 
 def oauth_account(
@@ -152,7 +154,7 @@ def run_mitmdump(
             cwd=tmp,
         )
     try:
-        port = _wait_for_port(log, process) if wait else 0
+        port = wait_for_port(log, process) if wait else 0
         yield Proxy(port, confdir, log, process)
     finally:
         if process.poll() is None:
@@ -164,8 +166,11 @@ def run_mitmdump(
                 process.wait()
 
 
-def _wait_for_port(log: Path, process: subprocess.Popen[bytes]) -> int:
-    deadline = time.monotonic() + 20
+def wait_for_port(
+    log: Path, process: subprocess.Popen[bytes], timeout: float = 20
+) -> int:
+    """The port from mitmdump's "listening at" line in ``log``, once it appears."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         m = LISTENING.search(log.read_bytes())
         if m:
