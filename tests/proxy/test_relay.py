@@ -1,4 +1,4 @@
-"""The relay's HTTP/1.1 framing, malformed requests, and hang-ups."""
+"""The relay's HTTP/1.1 framing, keep-alive, malformed requests, and hang-ups."""
 
 from __future__ import annotations
 
@@ -27,11 +27,24 @@ async def serve() -> AsyncIterator[Callable[[Handler], Coroutine[Any, Any, int]]
         await relay.stop()
 
 
-async def _exchange(port: int, request: bytes) -> bytes:
+async def _exchange(port: int, request: bytes, *, until_eof: bool = False) -> bytes:
+    """One request on a new connection; the answer's bytes, as the relay wrote them.
+
+    The connection stays open after a framed answer: read up to its end, or (with
+    ``until_eof``) up to the relay closing the connection.
+    """
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(request)
     await writer.drain()
-    answer = await reader.read()
+    if until_eof:
+        answer = await asyncio.wait_for(reader.read(), timeout=5)
+    else:
+        head = await reader.readuntil(b"\r\n\r\n")
+        if b"Transfer-Encoding: chunked" in head:
+            answer = head + await reader.readuntil(b"\r\n0\r\n\r\n")
+        else:
+            length = int(head.split(b"Content-Length: ", 1)[1].split(b"\r\n")[0])
+            answer = head + await reader.readexactly(length)
     writer.close()
     await writer.wait_closed()
     return answer
@@ -55,7 +68,7 @@ async def test_chunked_answer_and_path(serve: Any) -> None:
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 OK")
     assert b"Transfer-Encoding: chunked" in head
-    assert b"Connection: close" in head
+    assert b"Connection" not in head  # kept alive: mitmproxy reuses it
     assert body == b"9\r\ndata: 1\n\n\r\n9\r\ndata: 2\n\n\r\n0\r\n\r\n"
     assert paths == ["/flow-1"]
 
@@ -75,7 +88,7 @@ async def test_a_malformed_request_is_400(serve: Any) -> None:
     async def handler(path: str, out: ResponseWriter) -> None:
         raise AssertionError("not reached")
 
-    answer = await _exchange(await serve(handler), b"NONSENSE\r\n\r\n")
+    answer = await _exchange(await serve(handler), b"NONSENSE\r\n\r\n", until_eof=True)
     assert answer.startswith(b"HTTP/1.1 400 ")
 
 
@@ -97,3 +110,188 @@ async def test_a_hangup_cancels_the_handler(serve: Any) -> None:
     writer.close()
     await writer.wait_closed()
     await asyncio.wait_for(cancelled.wait(), timeout=2)
+
+
+async def _read_answer(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """One answer off a kept-alive connection: its head and its (dechunked) body."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    if b"Transfer-Encoding: chunked" in head:
+        body = b""
+        while size := int(await reader.readuntil(b"\r\n"), 16):
+            body += (await reader.readexactly(size + 2))[:-2]
+        assert await reader.readexactly(2) == b"\r\n"
+        return head, body
+    length = int(head.split(b"Content-Length: ", 1)[1].split(b"\r\n", 1)[0])
+    return head, await reader.readexactly(length)
+
+
+async def _at_eof(reader: asyncio.StreamReader, within: float = 2) -> bool:
+    return await asyncio.wait_for(reader.read(), timeout=within) == b""
+
+
+async def test_two_requests_over_one_connection(serve: Any) -> None:
+    paths: list[str] = []
+
+    async def handler(path: str, out: ResponseWriter) -> None:
+        paths.append(path)
+        if path == "/flow-1":
+            await out.start(200, [("Content-Type", "text/event-stream")], chunked=True)
+            await out.write(b"data: 1\n\n")
+            await out.end()
+        else:
+            await out.answer(200, b"{}")
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", await serve(handler))
+    writer.write(REQUEST)
+    head, body = await _read_answer(reader)
+    assert b"Connection" not in head
+    assert body == b"data: 1\n\n"
+    # the next request, its body chunked: read whole, the connection stays usable
+    writer.write(
+        b"POST /flow-2 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"2\r\n{}\r\n0\r\n\r\n"
+    )
+    head, body = await _read_answer(reader)
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"Connection" not in head
+    assert body == b"{}"
+    writer.write(REQUEST.replace(b"flow-1", b"flow-3"))
+    assert (await _read_answer(reader))[1] == b"{}"
+    assert paths == ["/flow-1", "/flow-2", "/flow-3"]
+    writer.close()
+    await writer.wait_closed()
+
+
+async def test_a_request_saying_connection_close_is_the_last(serve: Any) -> None:
+    async def handler(path: str, out: ResponseWriter) -> None:
+        await out.answer(200, b"{}")
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", await serve(handler))
+    writer.write(REQUEST.replace(b"Host: x\r\n", b"Host: x\r\nConnection: close\r\n"))
+    head, body = await _read_answer(reader)
+    assert b"Connection: close\r\n" in head
+    assert body == b"{}"
+    assert await _at_eof(reader)
+    writer.close()
+
+
+@pytest.mark.parametrize("how", ["returns", "raises"])
+async def test_a_cut_chunked_answer_closes_the_connection(serve: Any, how: str) -> None:
+    async def handler(path: str, out: ResponseWriter) -> None:
+        await out.start(200, [("Content-Type", "text/event-stream")], chunked=True)
+        await out.write(b"data: 1\n\n")
+        if how == "raises":
+            raise RuntimeError("upstream broke")
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", await serve(handler))
+    writer.write(REQUEST)
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert b"Transfer-Encoding: chunked" in head
+    rest = await asyncio.wait_for(reader.read(), timeout=2)  # up to the close
+    assert rest == b"9\r\ndata: 1\n\n\r\n"  # no last chunk: a visible cut
+    writer.close()
+
+
+async def test_a_short_or_unframed_answer_closes_the_connection(serve: Any) -> None:
+    async def handler(path: str, out: ResponseWriter) -> None:
+        if path == "/short":
+            await out.start(200, [("Content-Length", "10")], chunked=False)
+            await out.write(b"12345")
+            await out.end()
+        else:  # no length: the body ends with the connection
+            await out.start(200, [("Content-Type", "text/plain")], chunked=False)
+            await out.write(b"all of it")
+            await out.end()
+
+    port = await serve(handler)
+    answer = await _exchange(
+        port, REQUEST.replace(b"/flow-1", b"/short"), until_eof=True
+    )
+    assert answer.endswith(b"\r\n\r\n12345")
+    answer = await _exchange(port, REQUEST, until_eof=True)
+    assert b"Connection: close\r\n" in answer
+    assert answer.endswith(b"\r\n\r\nall of it")
+
+
+async def test_an_idle_connection_is_closed(serve: Any) -> None:
+    async def handler(path: str, out: ResponseWriter) -> None:
+        await out.answer(200, b"{}")
+
+    relay = Relay(handler, idle_timeout=0.5)
+    port = await relay.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(REQUEST)
+        assert (await _read_answer(reader))[1] == b"{}"
+        with pytest.raises(TimeoutError):  # kept open for a while
+            await asyncio.wait_for(reader.read(), timeout=0.2)
+        assert await _at_eof(reader)  # then closed, nothing sent
+        writer.close()
+    finally:
+        await relay.stop()
+
+
+async def test_a_connection_that_never_asks_is_closed() -> None:
+    async def handler(path: str, out: ResponseWriter) -> None:
+        raise AssertionError("not reached")
+
+    relay = Relay(handler, idle_timeout=0.3)
+    port = await relay.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /flow-1 HTTP/1.1\r\n")  # and nothing more
+        assert await _at_eof(reader)
+        writer.close()
+    finally:
+        await relay.stop()
+
+
+async def test_bytes_during_a_request_close_the_connection_after_it(serve: Any) -> None:
+    """A pipelined request is not served (nor misread); the current one is."""
+    paths: list[str] = []
+    release = asyncio.Event()
+
+    async def handler(path: str, out: ResponseWriter) -> None:
+        paths.append(path)
+        await release.wait()
+        await out.answer(200, b"{}")
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", await serve(handler))
+    writer.write(REQUEST)
+    await asyncio.sleep(0.05)
+    writer.write(REQUEST.replace(b"flow-1", b"flow-2"))
+    await asyncio.sleep(0.05)
+    release.set()
+    head, body = await _read_answer(reader)
+    assert b"Connection: close\r\n" in head
+    assert body == b"{}"
+    assert await _at_eof(reader)
+    assert paths == ["/flow-1"]
+    writer.close()
+
+
+async def test_a_malformed_request_closes_the_connection(serve: Any) -> None:
+    async def handler(path: str, out: ResponseWriter) -> None:
+        raise AssertionError("not reached")
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", await serve(handler))
+    writer.write(b"NONSENSE\r\n\r\n" + REQUEST)
+    head, _ = await _read_answer(reader)
+    assert head.startswith(b"HTTP/1.1 400 ")
+    assert b"Connection: close\r\n" in head
+    assert await _at_eof(reader)
+    writer.close()
+
+
+async def test_stop_ends_idle_connections() -> None:
+    async def handler(path: str, out: ResponseWriter) -> None:
+        await out.answer(200, b"{}")
+
+    relay = Relay(handler)
+    port = await relay.start()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(REQUEST)
+    await _read_answer(reader)
+    await asyncio.wait_for(relay.stop(), timeout=2)
+    assert await _at_eof(reader)
+    writer.close()

@@ -5,11 +5,32 @@ callable, so the ``request`` hook rewrites a Qwen flow to
 ``http://127.0.0.1:<relay port>/<flow id>`` and the relay does the real work
 (rotation, refresh, retry, translation), writing its answer back chunk by chunk.
 
-Deliberately minimal: one request per connection (``Connection: close``); the
-request body is ignored (the job, keyed by the flow id in the path, carries it);
-answers are ``Content-Length`` or chunked. A chunked answer that ends without its
-last chunk tells mitmproxy the stream was cut (the client sees a closed stream,
-never one that looks complete).
+Deliberately minimal, but HTTP/1.1 keep-alive: a connection serves one request
+after another, so mitmproxy reuses it and passes no ``Connection: close`` on to
+the client (whose TLS connection to mitmproxy is then reused too). The request
+body is read (``Content-Length`` or chunked) and ignored: the job, keyed by the
+flow id in the path, carries it. Answers are ``Content-Length`` or chunked.
+
+The connection is closed (never reused) when:
+
+- the request says ``Connection: close`` (or is HTTP/1.0): its answer says so too;
+- the answer was not framed cleanly: never started, a chunked answer that ends
+  without its last chunk (a cut stream: mitmproxy sees the cut and the client a
+  closed stream, never one that looks complete), fewer bytes than its
+  ``Content-Length``, no length at all, or the handler failed;
+- the request is malformed (a 400 with ``Connection: close``);
+- nothing arrives for :data:`IDLE_TIMEOUT` seconds while waiting for a request.
+  mitmproxy closes its relay connections with the client's connection anyway;
+  the idle timeout only bounds what a forgotten connection holds. (A request
+  mitmproxy sends at the very moment of that close would fail as a 502: the
+  usual HTTP/1.1 keep-alive race, made rare by the long timeout.)
+
+While a request is served, a watcher reads the connection to notice mitmproxy
+closing it (the client went away): end of file cancels the handler. A byte that
+arrives instead is a pipelined next request (mitmproxy never pipelines). Rather
+than put it back, the relay finishes the current answer, says ``Connection:
+close`` if its head is not sent yet, and closes the connection: the pipelined
+request is never served, but never misread either.
 """
 
 from __future__ import annotations
@@ -18,6 +39,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
@@ -26,27 +48,49 @@ from qwen_oauth_mitm.tasks import spawn
 log = logging.getLogger(__name__)
 
 MAX_HEAD = 64 * 1024
+IDLE_TIMEOUT = 60.0
+"""Seconds a relay connection may wait for its next request before it is closed."""
 
 
 class ResponseWriter:
     """Writes one HTTP/1.1 answer to the relay's client (mitmproxy)."""
 
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self, writer: asyncio.StreamWriter, *, keep_alive: bool = True
+    ) -> None:
         self._writer = writer
+        self.keep_alive = keep_alive
+        """False: the connection closes after this answer (said in its head if
+        the head is still to be written)."""
         self.started = False
         self.chunked = False
         self.finished = False
         self.bytes_sent = 0
+        self._length: int | None = None
+
+    @property
+    def reusable(self) -> bool:
+        """Whether the connection may carry another request after this answer."""
+        if not (self.keep_alive and self.started and self.finished):
+            return False
+        return self.chunked or self.bytes_sent == self._length
 
     async def start(
         self, status: int, headers: Iterable[tuple[str, str]], *, chunked: bool
     ) -> None:
         phrase = _phrase(status)
         lines = [f"HTTP/1.1 {status} {phrase}"]
-        lines += [f"{k}: {v}" for k, v in headers]
+        for k, v in headers:
+            lines.append(f"{k}: {v}")
+            if not chunked and k.lower() == "content-length":
+                with contextlib.suppress(ValueError):
+                    self._length = int(v)
         if chunked:
             lines.append("Transfer-Encoding: chunked")
-        lines.append("Connection: close")
+        elif self._length is None:
+            self.keep_alive = False  # the body ends with the connection
+        if not self.keep_alive:
+            lines.append("Connection: close")
         self._writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
         self.started, self.chunked = True, chunked
         await self._writer.drain()
@@ -92,8 +136,9 @@ Handler = Callable[[str, ResponseWriter], Coroutine[Any, Any, None]]
 class Relay:
     """The relay server; :meth:`start` on mitmproxy's loop, :meth:`stop` at the end."""
 
-    def __init__(self, handler: Handler) -> None:
+    def __init__(self, handler: Handler, *, idle_timeout: float = IDLE_TIMEOUT) -> None:
         self._handler = handler
+        self._idle_timeout = idle_timeout
         self._server: asyncio.Server | None = None
         self._conns: set[asyncio.Task[None]] = set()
 
@@ -126,16 +171,28 @@ class Relay:
     async def _serve(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
+        """Serve requests on one connection until it cannot or need not go on."""
         task = asyncio.current_task()
         assert task is not None
         self._conns.add(task)
-        out = ResponseWriter(writer)
         try:
-            path = await _read_request(reader)
-            if path is None:
-                await out.answer(400, b'{"error":{"message":"bad relay request"}}')
-            else:
-                await self._serve_until_hangup(path, out, reader)
+            while True:
+                try:
+                    async with asyncio.timeout(self._idle_timeout):
+                        request = await _read_request(reader)
+                except TimeoutError:
+                    log.debug("relay: idle connection closed")
+                    return
+                if request is None:
+                    return  # closed between requests
+                out = ResponseWriter(writer, keep_alive=request.keep_alive)
+                if not request.path:
+                    out.keep_alive = False
+                    await out.answer(400, b'{"error":{"message":"bad relay request"}}')
+                    return
+                await self._serve_until_hangup(request.path, out, reader)
+                if not out.reusable:
+                    return
         except (ConnectionError, asyncio.IncompleteReadError):
             log.debug("relay client went away")
         except asyncio.CancelledError:
@@ -155,46 +212,103 @@ class Relay:
 
         mitmproxy closes its connection to us when the client goes away, so a
         request waiting for a rate-limited account (or for a slow upstream) is
-        abandoned instead of spending an account's quota for nobody.
+        abandoned instead of spending an account's quota for nobody. The watcher
+        only runs while this request is served; a byte it reads (a pipelined
+        request) closes the connection after this answer (see the module note).
         """
+        current = asyncio.current_task()
         work = spawn(self._handler(path, out), name=f"relay {path}")
         hangup = spawn(reader.read(1), name=f"relay watch {path}")
         try:
             await asyncio.wait({work, hangup}, return_when=asyncio.FIRST_COMPLETED)
-            if not work.done():
-                log.info("relay: the client went away; request %s abandoned", path)
-                work.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            if hangup.done() and not hangup.cancelled():
+                if hangup.exception() is None and hangup.result():
+                    log.debug("relay: bytes during request %s; closing after it", path)
+                    out.keep_alive = False
+                elif not work.done():
+                    log.info("relay: the client went away; request %s abandoned", path)
+                    out.keep_alive = False
+                    work.cancel()
+            try:
                 await work
+            except asyncio.CancelledError:
+                if current is not None and current.cancelling():
+                    raise
         finally:
             for task in (work, hangup):
                 task.cancel()
+            # asyncio.wait, not ``await task``: a cancellation of this task (the
+            # relay stopping) must not be swallowed with theirs.
+            await asyncio.wait({work, hangup})
             for task in (work, hangup):
-                with contextlib.suppress(BaseException):
-                    await task
+                if not task.cancelled():
+                    task.exception()  # retrieved: raised above or not ours to log
+            # A byte the watcher read as it was cancelled: not ours to serve.
+            if (
+                not hangup.cancelled()
+                and hangup.exception() is None
+                and hangup.result()
+            ):
+                out.keep_alive = False
 
 
-async def _read_request(reader: asyncio.StreamReader) -> str | None:
-    """Read one request (head and body); return its path, or None if malformed."""
+@dataclass(frozen=True)
+class _Request:
+    path: str
+    """Empty if the request is malformed."""
+    keep_alive: bool
+
+
+async def _read_request(reader: asyncio.StreamReader) -> _Request | None:
+    """Read one request (head and body); None if the connection closed first."""
     try:
         head = await reader.readuntil(b"\r\n\r\n")
-    except (asyncio.LimitOverrunError, asyncio.IncompleteReadError):
-        return None
+    except asyncio.LimitOverrunError:
+        return _Request("", keep_alive=False)
+    except asyncio.IncompleteReadError as e:
+        return _Request("", keep_alive=False) if e.partial.strip() else None
     lines = head.decode("latin-1").split("\r\n")
     parts = lines[0].split(" ")
-    if len(parts) != 3:
-        return None
+    if len(parts) != 3 or not parts[1]:
+        return _Request("", keep_alive=False)
     length = 0
+    chunked = False
+    tokens: set[str] = set()
     for line in lines[1:]:
         name, _, value = line.partition(":")
-        if name.strip().lower() == "content-length":
+        name = name.strip().lower()
+        if name == "content-length":
             try:
                 length = int(value.strip())
             except ValueError:
-                return None
-    if length:
+                return _Request("", keep_alive=False)
+        elif name == "transfer-encoding":
+            if value.strip().lower() != "chunked":
+                return _Request("", keep_alive=False)
+            chunked = True
+        elif name == "connection":
+            tokens |= {t.strip().lower() for t in value.split(",")}
+    if chunked:
+        try:
+            await _read_chunked(reader)
+        except (ValueError, asyncio.LimitOverrunError):
+            return _Request("", keep_alive=False)
+    elif length:
         await reader.readexactly(length)
-    return parts[1]
+    keep_alive = parts[2] == "HTTP/1.1" and "close" not in tokens
+    return _Request(parts[1], keep_alive)
+
+
+async def _read_chunked(reader: asyncio.StreamReader) -> None:
+    """Read (and drop) a chunked body, trailers included."""
+    while True:
+        size_line = await reader.readuntil(b"\r\n")
+        size = int(size_line.split(b";", 1)[0].strip(), 16)
+        if size == 0:
+            while await reader.readuntil(b"\r\n") != b"\r\n":
+                pass  # a trailer
+            return
+        await reader.readexactly(size + 2)
 
 
 def _phrase(status: int) -> str:
