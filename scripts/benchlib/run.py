@@ -430,11 +430,9 @@ def bench_sequential(live: Live, scale: Scale, report: Report) -> None:
     size = {k: results[k][0].size for k in names}
     report.notes.append(
         f"2: medians of {scale.sequential} streamed requests per target, "
-        "alternating a, b, c, c' (one persistent client per target; but the addon's "
-        "answers pass on the relay's `Connection: close`, so (c) and (c') reconnect "
-        "and redo the TLS handshake with mitmproxy for every request). The answer "
-        "is 60 text "
-        "chunks (~"
+        "alternating a, b, c, c' (one persistent client per target; the relay keeps "
+        "its connections alive, so the client's TLS connection to mitmproxy is "
+        "reused). The answer is 60 text chunks (~"
         f"{size['a'] // 1024} KiB as chat SSE; (c) receives the Responses events, "
         f"~{size['c'] // 1024} KiB). Through the proxy, the client speaks HTTPS to "
         "mitmproxy (CONNECT, TLS with its CA), as OpenCode does; (a) is plain HTTP."
