@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -19,7 +20,7 @@ from qwen_oauth_mitm.oauth import OAuthClient, TokenManager
 from qwen_oauth_mitm.proxy.forward import Forwarder
 from qwen_oauth_mitm.proxy.jobs import Job
 from qwen_oauth_mitm.proxy.relay import ResponseWriter
-from qwen_oauth_mitm.rotation import Rotation
+from qwen_oauth_mitm.rotation import Rotation, TrackerState, TrackerStore, tracker_file
 from qwen_oauth_mitm.store import accounts_file
 from qwen_oauth_mitm.translate import translate_request
 
@@ -450,3 +451,28 @@ async def test_timeouts_follow_the_config_of_the_moment(
     assert fwd.http is client
     assert [t["connect"] for t in seen] == [3, 0.05]
     assert all(t["read"] is None for t in seen)
+
+
+async def test_the_rotation_state_is_saved_off_the_event_loop(
+    make: Callable[..., Forwarder], tmp_path: Path
+) -> None:
+    # The save fsyncs; on mitmproxy's loop it would stall every relayed stream.
+    fwd = make([_key("a")], lambda request: httpx.Response(200, json=COMPLETION))
+    tracker = TrackerStore(tracker_file(tmp_path / "tracker.json"), interval=0)
+    writers: list[str] = []
+    real_write = tracker.write
+
+    def spy(snapshot: TrackerState, revision: int) -> bool:
+        writers.append(threading.current_thread().name)
+        return real_write(snapshot, revision)
+
+    tracker.write = spy  # type: ignore[method-assign]
+    fwd.tracker = tracker
+    await fwd.serve(_job(), Recorder())
+    await fwd.saved()
+    assert writers, "a served request must lead to a save"
+    assert threading.main_thread().name not in writers
+    saved = TrackerState.model_validate_json((tmp_path / "tracker.json").read_bytes())
+    today = saved.accounts["acct_a"].today
+    assert today is not None
+    assert today.requests == 1

@@ -159,6 +159,7 @@ class QwenAddon:
         await self.relay.stop()
         self.relay_port = None
         if self.forwarder is not None and self._tracker is not None:
+            await self.forwarder.saved()  # an older snapshot must not land last
             self._tracker.save(self.forwarder.rotation)
         if self._http is not None:
             await self._http.aclose()

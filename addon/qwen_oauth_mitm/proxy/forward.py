@@ -58,6 +58,7 @@ from qwen_oauth_mitm.rotation import (
     classify_error,
     wait_before_retry,
 )
+from qwen_oauth_mitm.tasks import spawn
 from qwen_oauth_mitm.translate import (
     StreamTranslator,
     TranslationError,
@@ -199,6 +200,7 @@ class Forwarder:
         self.http = http
         self.clock = clock
         self._signature: object = None
+        self._saving: asyncio.Task[bool] | None = None
 
     async def _accounts(self) -> list[Account]:
         accounts = list((await self.tokens.accounts()).accounts)
@@ -209,8 +211,22 @@ class Forwarder:
         return accounts
 
     def _save(self) -> None:
-        if self.tracker is not None:
-            self.tracker.maybe_save(self.rotation, time.monotonic())
+        # The write fsyncs (milliseconds): it runs in a thread, one at a time, so a
+        # save never stalls the streams relayed on mitmproxy's event loop. The
+        # snapshot is taken here, on the loop, while the engine is consistent.
+        if self.tracker is None or not (self._saving is None or self._saving.done()):
+            return
+        if self.tracker.due(self.rotation, time.monotonic()):
+            snapshot, revision = self.rotation.snapshot(), self.rotation.revision
+            self._saving = spawn(
+                asyncio.to_thread(self.tracker.write, snapshot, revision)
+            )
+
+    async def saved(self) -> None:
+        """Wait for a save in progress (before the final save at shutdown)."""
+        if self._saving is not None:
+            with contextlib.suppress(Exception):
+                await self._saving
 
     async def serve(self, job: Job, out: ResponseWriter) -> None:
         try:

@@ -81,18 +81,29 @@ class TrackerStore:
         ``now`` is any clock that only moves forward (``time.monotonic``).
         Returns True when a write happened and succeeded.
         """
+        return self.due(engine, now) and self.save(engine)
+
+    def due(self, engine: Snapshotting, now: float) -> bool:
+        """True (and counted as an attempt) when :meth:`maybe_save` would write.
+
+        For a caller that takes the snapshot itself and writes it elsewhere (the
+        addon writes from a thread, off mitmproxy's event loop).
+        """
         if engine.revision == self._saved_revision:
             return False
         if self._last_attempt is not None and now - self._last_attempt < self.interval:
             return False
         self._last_attempt = now
-        return self.save(engine)
+        return True
 
     def save(self, engine: Snapshotting) -> bool:
         """Write the engine's state now; False (logged once) when it cannot."""
-        revision = engine.revision
+        return self.write(engine.snapshot(), engine.revision)
+
+    def write(self, snapshot: TrackerState, revision: int) -> bool:
+        """Write a snapshot taken at ``revision``; thread-safe (the file locks)."""
         try:
-            self.file.write(engine.snapshot())
+            self.file.write(snapshot)
         except (StoreError, OSError) as e:  # OSError: the lock file itself failed
             if not self._failing:
                 log.warning(
