@@ -20,17 +20,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
 
 
 @pytest.fixture
-def portal(fake: FakeQwenOAuth) -> Iterator[FakePortal]:
-    with FakePortal(fake) as p:
-        yield p
-
-
-@pytest.fixture
-def paths(tmp_path: Path) -> StatePaths:
-    return StatePaths(tmp_path / "config" / "opencode")
-
-
-@pytest.fixture
 def proxy(
     tmp_path: Path, fake: FakeQwenOAuth, portal: FakePortal, paths: StatePaths
 ) -> Iterator[Proxy]:

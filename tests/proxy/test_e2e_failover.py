@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,17 +17,6 @@ from qwen_oauth_mitm.portal import FakePortal, Fault
 from .harness import oauth_account, run_mitmdump, token_of, write_accounts
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
-
-
-@pytest.fixture
-def portal(fake: FakeQwenOAuth) -> Iterator[FakePortal]:
-    with FakePortal(fake) as p:
-        yield p
-
-
-@pytest.fixture
-def paths(tmp_path: Path) -> StatePaths:
-    return StatePaths(tmp_path / "config" / "opencode")
 
 
 @pytest.mark.parametrize("stream", [False, True])
