@@ -275,6 +275,26 @@ def _raise_transient_or_unexpected(answer: HttpAnswer, what: str) -> None:
         )
 
 
+def _successful_json(answer: HttpAnswer, what: str, refused: str) -> dict[str, Any]:
+    """The JSON object of a 200 answer without an ``error``; else raise.
+
+    429/5xx are transient; any other status, or an ``error`` field, is the server
+    refusing (``refused`` starts the message).
+    """
+    if answer.status != 200:
+        _raise_transient_or_unexpected(answer, what)
+    data = parse_json(answer)
+    if answer.status != 200 or "error" in data:
+        error, description = _error_fields(data)
+        raise OAuthServerError(
+            f"{refused} ({_where(answer)}): {_describe(error, description)}",
+            status=answer.status,
+            error=error,
+            description=description,
+        )
+    return data
+
+
 def _number(data: Mapping[str, Any], key: str) -> float | None:
     value = data.get(key)
     if value is None or isinstance(value, bool):
@@ -298,18 +318,9 @@ def _required_str(data: Mapping[str, Any], key: str, answer: HttpAnswer) -> str:
 
 def parse_device_authorization(answer: HttpAnswer) -> DeviceAuthorization:
     """Read the device code answer, or raise with the server's reason."""
-    if answer.status != 200:
-        _raise_transient_or_unexpected(answer, "start a login")
-    data = parse_json(answer)
-    if answer.status != 200 or "error" in data:
-        error, description = _error_fields(data)
-        raise OAuthServerError(
-            f"the OAuth server refused to start a login ({_where(answer)}): "
-            f"{_describe(error, description)}",
-            status=answer.status,
-            error=error,
-            description=description,
-        )
+    data = _successful_json(
+        answer, "start a login", "the OAuth server refused to start a login"
+    )
     verification_uri = data.get("verification_uri")
     complete = data.get("verification_uri_complete")
     if not isinstance(complete, str) or not complete:
@@ -365,18 +376,7 @@ def parse_refresh_answer(answer: HttpAnswer) -> TokenSet:
             + (f": {reason})" if reason else ")"),
             reason=reason or f"HTTP {answer.status}",
         )
-    if answer.status != 200:
-        _raise_transient_or_unexpected(answer, "refresh the token")
-    data = parse_json(answer)
-    if answer.status != 200 or "error" in data:
-        error, description = _error_fields(data)
-        raise OAuthServerError(
-            f"the token refresh failed ({_where(answer)}): "
-            f"{_describe(error, description)}",
-            status=answer.status,
-            error=error,
-            description=description,
-        )
+    data = _successful_json(answer, "refresh the token", "the token refresh failed")
     return parse_token_set(data, answer)
 
 
