@@ -28,7 +28,7 @@ from qwen_oauth_mitm.translate import (
     translate_request,
 )
 
-_WORDS = [
+WORDS = [
     "the",
     "quick",
     "brown",
@@ -64,10 +64,10 @@ def build_stream(n: int) -> tuple[bytes, list[bytes]]:
     chunks: list[dict[str, object]] = [_chunk({"role": "assistant", "content": ""})]
     for i in range(n // 4):
         chunks.append(
-            _chunk({"content": None, "reasoning_content": _WORDS[i % 13] + " "})
+            _chunk({"content": None, "reasoning_content": WORDS[i % 13] + " "})
         )
     for i in range(n // 2):
-        chunks.append(_chunk({"content": _WORDS[i % 13] + " "}))
+        chunks.append(_chunk({"content": WORDS[i % 13] + " "}))
     for index, name in enumerate(("read", "glob")):
         call = {
             "index": index,
@@ -81,7 +81,7 @@ def build_stream(n: int) -> tuple[bytes, list[bytes]]:
                 "index": index,
                 "id": "",
                 "type": "function",
-                "function": {"arguments": json.dumps(_WORDS[i % 13])[:-1]},
+                "function": {"arguments": json.dumps(WORDS[i % 13])[:-1]},
             }
             chunks.append(_chunk({"content": None, "tool_calls": [piece]}))
     chunks.append(_chunk({}, "tool_calls"))

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from scripts.bench_translate import build_stream
+from scripts.bench_translate import WORDS, build_stream
 from scripts.benchlib.client import Result, Target, stream_once
 from scripts.benchlib.procs import ROOT, Mitmdump, mitmdump, read_memory
 from scripts.benchlib.standin import StampingPortal
@@ -70,22 +70,6 @@ CHAT_BODY = json.dumps(
 RESPONSES_BODY = json.dumps(
     {"model": "coder-model", "input": "hi", "stream": True, "store": False}
 ).encode()
-WORDS = [
-    "the",
-    "quick",
-    "brown",
-    "fox",
-    "jumps",
-    "over",
-    "a",
-    "lazy",
-    "dog",
-    "while",
-    "Grüße",
-    "世界",
-    "stay",
-    "in",
-]
 
 
 @dataclass(frozen=True)
