@@ -326,6 +326,23 @@ class TestInspection:
 
 
 class TestLogging:
+    async def test_http_library_chatter_is_not_logged(self, addon: QwenAddon) -> None:
+        """mitmproxy makes every record an event for every addon on the loop:
+        httpcore's ten debug records per request cost more than all our work."""
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.DEBUG)  # as mitmproxy sets it
+        for name in ("httpx", "httpcore"):
+            logging.getLogger(name).setLevel(logging.NOTSET)
+        try:
+            with taddons.context(addon) as tctx:  # type: ignore[no-untyped-call]
+                tctx.configure(addon, qwen_debug="1")  # even when debugging ours
+                for name in ("httpx", "httpcore.http11", "httpcore.connection"):
+                    assert not logging.getLogger(name).isEnabledFor(logging.INFO)
+                    assert logging.getLogger(name).isEnabledFor(logging.WARNING)
+        finally:
+            root.setLevel(level)
+
     async def test_log_file_is_redacted(self, addon: QwenAddon, tmp_path: Path) -> None:
         path = tmp_path / "qwen.log"
         secret = "fake-at-" + "s3cr3t" * 4

@@ -18,6 +18,12 @@ from qwen_oauth_mitm.config import Config
 from qwen_oauth_mitm.errors import ConfigError
 
 PACKAGE_LOGGER = logging.getLogger("qwen_oauth_mitm")
+QUIET_LIBRARIES = ("httpx", "httpcore")
+"""Loggers held at warnings: mitmproxy's root logger is at debug, and it turns
+every record into an ``add_log`` event that visits every addon, on the event
+loop. httpcore writes ten debug records per upstream request and httpx an info
+line that repeats ours: together they were a third of the proxy's own cost per
+request (see docs/benchmarks.md). Our own lines say what happened."""
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -31,6 +37,8 @@ class LogSetup:
         """Set levels and handlers for ``cfg``; ``ConfigError`` if the file fails."""
         level = logging.DEBUG if cfg.debug else logging.INFO
         PACKAGE_LOGGER.setLevel(logging.WARNING if cfg.quiet_mode else level)
+        for name in QUIET_LIBRARIES:
+            logging.getLogger(name).setLevel(logging.WARNING)
         self.close()
         if cfg.debug:
             debug = logging.StreamHandler(sys.stderr)
