@@ -69,8 +69,60 @@ async def test_chunked_answer_and_path(serve: Any) -> None:
     assert head.startswith(b"HTTP/1.1 200 OK")
     assert b"Transfer-Encoding: chunked" in head
     assert b"Connection" not in head  # kept alive: mitmproxy reuses it
+    # The first bytes at once; the rest of the turn as one chunk with the end.
     assert body == b"9\r\ndata: 1\n\n\r\n9\r\ndata: 2\n\n\r\n0\r\n\r\n"
     assert paths == ["/flow-1"]
+
+
+async def test_writes_in_one_turn_leave_as_one_socket_write(serve: Any) -> None:
+    """The first bytes go at once, the rest of a burst as one chunk; what comes
+    later is not held back for it."""
+    reads: list[bytes] = []
+
+    async def handler(path: str, out: ResponseWriter) -> None:
+        await out.start(200, [("Content-Type", "text/event-stream")], chunked=True)
+        for i in range(50):
+            await out.write(b"data: %d\n\n" % i)
+        await asyncio.sleep(0.2)  # the burst must reach the reader meanwhile
+        await out.write(b"data: late\n\n")
+        await out.end()
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", await serve(handler))
+    writer.write(REQUEST)
+    await writer.drain()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    seen = b""
+    while not seen.endswith(b"0\r\n\r\n"):
+        data = await asyncio.wait_for(reader.read(65536), timeout=5)
+        assert data
+        reads.append(data)
+        seen += data
+        if b"data: 49" in seen and b"late" not in seen:
+            assert loop.time() - started < 0.15  # sent in its own turn, not later
+    writer.close()
+    await writer.wait_closed()
+    _, _, body = seen.partition(b"\r\n\r\n")
+    chunks = [
+        b"data: 0\n\n",
+        b"".join(b"data: %d\n\n" % i for i in range(1, 50)),
+        b"data: late\n\n",
+    ]
+    assert body == b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks) + (
+        b"0\r\n\r\n"
+    )
+    assert reads[0].startswith(b"HTTP/1.1 200")  # the head went with the first bytes
+
+
+async def test_what_was_written_before_a_failure_still_goes_out(serve: Any) -> None:
+    async def handler(path: str, out: ResponseWriter) -> None:
+        await out.start(200, [("Content-Type", "text/event-stream")], chunked=True)
+        await out.write(b"data: 1\n\n")
+        raise RuntimeError("boom")  # in the same turn as the write
+
+    answer = await _exchange(await serve(handler), REQUEST, until_eof=True)
+    assert b"9\r\ndata: 1\n\n\r\n" in answer
+    assert not answer.endswith(b"0\r\n\r\n")  # cut, never complete-looking
 
 
 async def test_whole_answer_has_a_length(serve: Any) -> None:

@@ -48,12 +48,26 @@ from qwen_oauth_mitm.tasks import spawn
 log = logging.getLogger(__name__)
 
 MAX_HEAD = 64 * 1024
+FLUSH_AT = 64 * 1024
+"""Bytes of coalesced writes that are sent without waiting for the turn's end."""
 IDLE_TIMEOUT = 60.0
 """Seconds a relay connection may wait for its next request before it is closed."""
 
 
 class ResponseWriter:
-    """Writes one HTTP/1.1 answer to the relay's client (mitmproxy)."""
+    """Writes one HTTP/1.1 answer to the relay's client (mitmproxy).
+
+    Writes are coalesced: what is written during one turn of the event loop goes
+    out as one socket write and, chunked, as one chunk, at the end of that turn
+    (``call_soon``; no timer, so no added delay). httpx hands an upstream burst
+    over chunk by chunk without yielding to the loop; written one by one, each
+    would cost mitmproxy an event, a parse and a TLS record to the client. Two
+    exceptions: the first body bytes go out at once (with the head), so the time
+    to the first byte never waits for the rest of a burst to be translated; and
+    :data:`FLUSH_AT` bytes pending are sent at once. :meth:`flush` sends
+    at once; :meth:`end` and the relay (before it closes a connection) call it,
+    so nothing written is ever left behind.
+    """
 
     def __init__(
         self, writer: asyncio.StreamWriter, *, keep_alive: bool = True
@@ -67,6 +81,11 @@ class ResponseWriter:
         self.finished = False
         self.bytes_sent = 0
         self._length: int | None = None
+        self._head = b""
+        self._pending: list[bytes] = []
+        self._scheduled: asyncio.Handle | None = None
+        self._terminated = False
+        self._pending_size = 0
 
     @property
     def reusable(self) -> bool:
@@ -91,25 +110,52 @@ class ResponseWriter:
             self.keep_alive = False  # the body ends with the connection
         if not self.keep_alive:
             lines.append("Connection: close")
-        self._writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        self._head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         self.started, self.chunked = True, chunked
+        self._schedule()
         await self._writer.drain()
 
     async def write(self, data: bytes) -> None:
         if not data:
             return  # an empty chunk would end a chunked body
-        if self.chunked:
-            self._writer.write(b"%x\r\n%s\r\n" % (len(data), data))
-        else:
-            self._writer.write(data)
+        first = not self.bytes_sent
+        self._pending.append(data)
+        self._pending_size += len(data)
         self.bytes_sent += len(data)
-        await self._writer.drain()
+        if first or self._pending_size >= FLUSH_AT:
+            self.flush()  # the first bytes wait for nothing: time to first byte
+        else:
+            self._schedule()
+        await self._writer.drain()  # returns at once unless the socket is full
 
     async def end(self) -> None:
-        if self.chunked:
-            self._writer.write(b"0\r\n\r\n")
         self.finished = True
+        self.flush()
         await self._writer.drain()
+
+    def flush(self) -> None:
+        """Send what was written, now (the end of the body too, if :meth:`end`
+        was called). Safe to call at any time, also on a closed connection."""
+        if self._scheduled is not None:
+            self._scheduled.cancel()
+            self._scheduled = None
+        out = [self._head] if self._head else []
+        self._head = b""
+        if self._pending:
+            data = b"".join(self._pending)
+            self._pending.clear()
+            self._pending_size = 0
+            out.append(b"%x\r\n%s\r\n" % (len(data), data) if self.chunked else data)
+        if self.finished and self.chunked and not self._terminated:
+            out.append(b"0\r\n\r\n")
+            self._terminated = True
+        if out and not self._writer.is_closing():
+            self._writer.write(b"".join(out))
+
+    def _schedule(self) -> None:
+        if self._scheduled is None:
+            loop = asyncio.get_running_loop()
+            self._scheduled = loop.call_soon(self.flush)
 
     async def answer(
         self,
@@ -175,6 +221,7 @@ class Relay:
         task = asyncio.current_task()
         assert task is not None
         self._conns.add(task)
+        out: ResponseWriter | None = None
         try:
             while True:
                 try:
@@ -201,6 +248,8 @@ class Relay:
             log.exception("relay: unexpected error")
         finally:
             self._conns.discard(task)
+            if out is not None:
+                out.flush()  # what the handler wrote, before the connection ends
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
