@@ -39,8 +39,10 @@ one per request, in order:
   ``Throttling``, or anything else: a server error);
 - ``Fault("html_200")``: a 200 ``text/html`` page (a login or WAF page in the way).
 
-Readable: ``requests`` (every request: token, status, body, headers) and
-:meth:`statuses`. Runs in a background thread; use as a context manager.
+Readable: ``requests`` (every request: token, status, body, headers),
+:meth:`statuses`, and ``hangups`` (answers the client closed the connection on
+before they were all written, e.g. a stream the proxy stopped reading). Runs in a
+background thread; use as a context manager.
 
 A subclass may serve more paths (:meth:`FakePortal.route`), choose faults
 (:meth:`FakePortal.take_fault`) and count tokens (:meth:`FakePortal.usage`): the
@@ -145,6 +147,7 @@ class FakePortal(LocalServer):
         self.text = text
         self.chunk_delay = chunk_delay
         self.requests: list[PortalRequest] = []
+        self.hangups = 0
         self._faults: dict[str, list[Fault]] = {}
         self._replies: deque[Reply] = deque()
         self._lock = threading.Lock()
@@ -487,6 +490,8 @@ def _make_handler(portal: FakePortal) -> type[BaseHTTPRequestHandler]:
                 self._send(portal.route(self.command, path, headers, raw))
             except (BrokenPipeError, ConnectionResetError):
                 self.close_connection = True  # the client gave up (a timeout)
+                with portal._lock:
+                    portal.hangups += 1
             except DropConnection:
                 self.close_connection = True  # an OAuth fault: no answer at all
 
