@@ -16,7 +16,7 @@ from pydantic import SecretStr
 
 from qwen_oauth_mitm.accounts import Account, AccountsFile
 from qwen_oauth_mitm.config import Config
-from qwen_oauth_mitm.oauth import OAuthClient, TokenManager
+from qwen_oauth_mitm.oauth import OAuthClient, TokenManager, TransientAuthError
 from qwen_oauth_mitm.proxy.forward import Forwarder
 from qwen_oauth_mitm.proxy.jobs import Job
 from qwen_oauth_mitm.proxy.relay import ResponseWriter
@@ -476,3 +476,31 @@ async def test_the_rotation_state_is_saved_off_the_event_loop(
     today = saved.accounts["acct_a"].today
     assert today is not None
     assert today.requests == 1
+
+
+async def test_a_failed_refresh_is_a_failure_at_no_health_cost(
+    make: Callable[..., Forwarder], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[str] = []
+    fwd = make([_key("a"), _key("b")], _by_token({}, seen))
+    real = fwd.tokens.access_token
+
+    async def access_token(account_id: str) -> str:
+        if account_id == "acct_a":
+            raise TransientAuthError("the OAuth server did not answer in time")
+        return await real(account_id)
+
+    monkeypatch.setattr(fwd.tokens, "access_token", access_token)
+    for _ in range(3):
+        job, out = _job(), Recorder()
+        await fwd.serve(job, out)
+        assert out.status == 200
+        assert seen[-1] == "sk-b"
+    accounts = list((await fwd.tokens.accounts()).accounts)
+    a, b = fwd.rotation.status(accounts, time.time())
+    # Sequential rotation moved on to b after the first failure: a was tried once.
+    assert [x.outcome for x in job.attempts] == ["200"]
+    assert a.health == Config().health_score.initial
+    assert b.health > a.health
+    snapshot = fwd.rotation.snapshot().accounts["acct_a"]
+    assert snapshot.consecutive_failures == 1

@@ -7,7 +7,9 @@ The loop, per request:
    answer 429 with ``Retry-After`` and every account's state.
 2. A fresh token from :class:`TokenManager` (single-flight refresh). An account
    that needs a re-login, whose refresh failed, or whose API base is not an
-   allowed host is skipped for this request.
+   allowed host is skipped for this request (a failed refresh counts as a failure
+   that is not the account's fault: no health penalty, but it moves sequential
+   rotation on, and repeated ones cool the account down).
 3. ``POST {api base}/chat/completions`` with our own headers (never the client's
    Authorization, cookies or SDK fingerprint).
 4. 429/quota: the account cools down, the next one is tried. 401: one refresh and
@@ -491,11 +493,20 @@ class Forwarder:
         try:
             return await self.tokens.access_token(account.id)
         except NeedsRelogin:
-            outcome = "needs re-login"
+            self._skip(job, pick, st, "needs re-login")
+            return None
         except (QwenError, OSError) as e:
             log.warning("account %s: no token: %s", account.label, e)
-            outcome = "refresh failed"
-        self._skip(job, pick, st, outcome)
+        # The OAuth server is down or slow: not the account's fault, but a failure
+        # all the same, so sequential rotation moves on and repeated ones cool the
+        # account down: requests stop waiting for that server on every pick. The
+        # refresh is tried again when the account is picked again.
+        now = self.clock()
+        self.rotation.record_failure(
+            pick, now, account_fault=False, detail="token refresh failed"
+        )
+        job.attempts.append(Attempt(account.label, "refresh failed"))
+        st.skip.add(account.id)
         return None
 
     async def _stream(
