@@ -263,3 +263,19 @@ def test_a_chat_client_gets_a_chat_shaped_error_for_garbage(fresh: Shared) -> No
                 if chunk.choices
             )
     assert text == fresh.standin.text
+
+
+def test_a_stream_that_is_garbage_on_both_tries_is_an_http_error(
+    fresh: Shared,
+) -> None:
+    """Nothing was sent yet: the client gets a 502 with a Responses error body,
+    not a stream."""
+    fresh.standin.add_fault(Fault("bad_sse", after_chunks=0), count=2)
+    start = len(fresh.standin.requests)
+    with fresh.proxy.client() as c, pytest.raises(openai.APIStatusError) as caught:
+        c.responses.create(model="coder-model", input="hi", stream=True)
+    assert caught.value.status_code == 502
+    error = json.loads(caught.value.response.text)["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert "not JSON" in error["message"]
+    assert fresh.statuses_after(start) == [200, 200]
