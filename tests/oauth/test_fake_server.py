@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import subprocess
 import sys
@@ -123,9 +124,16 @@ def test_refresh_failure_knobs(fake: FakeQwenOAuth) -> None:
     assert post(req.url, dict(req.form))[0] == 500
     fake.refresh_failure = "invalid_grant"
     assert post(req.url, dict(req.form))[1]["error"] == "invalid_grant"
+    fake.refresh_failure = "unavailable"
+    status, page = post(req.url, dict(req.form))
+    assert status == 503
+    assert "<html>" in page
+    fake.refresh_failure = "drop"
+    with pytest.raises(http.client.RemoteDisconnected):
+        post(req.url, dict(req.form))
     fake.refresh_failure = None
     assert post(req.url, dict(req.form))[0] == 200
-    assert fake.counts["refresh"] == 3
+    assert fake.counts["refresh"] == 5
     fake.reset_counts()
     assert fake.counts["refresh"] == 0
 

@@ -91,6 +91,40 @@ def test_drop_cuts_the_stream(portal: FakePortal) -> None:
         _post(portal, "sk-test", BODY | {"stream": True})
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_garbage_faults(portal: FakePortal, stream: bool) -> None:
+    body = BODY | {"stream": stream}
+    portal.script("sk-test", Fault("504"), Fault("html_200"), Fault("bad_json"))
+    gateway, html, cut = (_post(portal, "sk-test", body) for _ in range(3))
+    assert gateway.status_code == 504
+    assert gateway.headers["content-type"].startswith("text/html")
+    assert (html.status_code, html.headers["content-type"][:9]) == (200, "text/html")
+    assert cut.status_code == 200
+    with pytest.raises(json.JSONDecodeError):
+        cut.json()
+    assert _post(portal, "sk-test", body).status_code == 200  # each used once
+
+
+def test_error_under_200_whole_and_as_the_first_event(portal: FakePortal) -> None:
+    portal.script("sk-test", Fault("error_200", code="insufficient_quota"))
+    whole = _post(portal, "sk-test")
+    assert whole.status_code == 200
+    assert whole.json()["error"]["code"] == "insufficient_quota"
+    portal.script("sk-test", Fault("error_200"))
+    streamed = _post(portal, "sk-test", BODY | {"stream": True})
+    events = _events(streamed.content)
+    assert json.loads(events[0])["error"]["code"] == "InternalError"
+    assert events[1:] == ["[DONE]"]
+
+
+def test_bad_sse_puts_a_non_json_event_after_good_ones(portal: FakePortal) -> None:
+    portal.script("sk-test", Fault("bad_sse", after_chunks=1))
+    events = _events(_post(portal, "sk-test", BODY | {"stream": True}).content)
+    json.loads(events[0])
+    assert events[1] == "<b>not json</b>"
+    assert events[-1] == "[DONE]"  # the rest follows
+
+
 def test_hang_delays_the_headers_then_answers(portal: FakePortal) -> None:
     portal.script("sk-test", Fault("hang", delay=0.4))
     start = time.monotonic()

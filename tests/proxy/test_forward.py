@@ -16,10 +16,11 @@ from pydantic import SecretStr
 
 from qwen_oauth_mitm.accounts import Account, AccountsFile
 from qwen_oauth_mitm.config import Config
-from qwen_oauth_mitm.oauth import OAuthClient, TokenManager
-from qwen_oauth_mitm.proxy.forward import Forwarder
+from qwen_oauth_mitm.oauth import OAuthClient, TokenManager, TransientAuthError
+from qwen_oauth_mitm.portal import FakePortal
+from qwen_oauth_mitm.proxy.forward import Forwarder, make_http_client
 from qwen_oauth_mitm.proxy.jobs import Job
-from qwen_oauth_mitm.proxy.relay import ResponseWriter
+from qwen_oauth_mitm.proxy.relay import Relay, ResponseWriter
 from qwen_oauth_mitm.rotation import Rotation, TrackerState, TrackerStore, tracker_file
 from qwen_oauth_mitm.store import accounts_file
 from qwen_oauth_mitm.translate import translate_request
@@ -476,3 +477,74 @@ async def test_the_rotation_state_is_saved_off_the_event_loop(
     today = saved.accounts["acct_a"].today
     assert today is not None
     assert today.requests == 1
+
+
+async def test_a_failed_refresh_is_a_failure_at_no_health_cost(
+    make: Callable[..., Forwarder], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[str] = []
+    fwd = make([_key("a"), _key("b")], _by_token({}, seen))
+    real = fwd.tokens.access_token
+
+    async def access_token(account_id: str) -> str:
+        if account_id == "acct_a":
+            raise TransientAuthError("the OAuth server did not answer in time")
+        return await real(account_id)
+
+    monkeypatch.setattr(fwd.tokens, "access_token", access_token)
+    for _ in range(3):
+        job, out = _job(), Recorder()
+        await fwd.serve(job, out)
+        assert out.status == 200
+        assert seen[-1] == "sk-b"
+    accounts = list((await fwd.tokens.accounts()).accounts)
+    a, b = fwd.rotation.status(accounts, time.time())
+    # Sequential rotation moved on to b after the first failure: a was tried once.
+    assert [x.outcome for x in job.attempts] == ["200"]
+    assert a.health == Config().health_score.initial
+    assert b.health > a.health
+    snapshot = fwd.rotation.snapshot().accounts["acct_a"]
+    assert snapshot.consecutive_failures == 1
+
+
+async def test_a_client_hang_up_mid_stream_leaves_no_task_and_closes_upstream(
+    tmp_path: Path,
+) -> None:
+    """The relay and the forwarder against the stand-in's slow stream, over real
+    sockets: the client (mitmproxy's side of the relay) reads the start and hangs
+    up. The stand-in sees its stream's connection closed long before the stream's
+    end, and no task is left on the loop."""
+    text = " ".join(f"word{i}" for i in range(40))
+    with FakePortal(keys=["sk-a"], text=text, chunk_delay=0.1) as portal:
+        store = accounts_file(tmp_path / "accounts.json")
+        store.write(AccountsFile(accounts=(_key("a"),)))
+        cfg = Config.model_validate({"base_url": portal.url})
+        oauth = OAuthClient("http://oauth.invalid", "cid", trust_env=False)
+        http = make_http_client(cfg)
+        fwd = Forwarder(cfg, Rotation(cfg), TokenManager(store, oauth), None, http)
+        job = _job(stream=True)
+        relay = Relay(lambda path, out: fwd.serve(job, out))
+        port = await relay.start()
+        try:
+            start = time.monotonic()
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"POST /f1 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+            seen = b""
+            while seen.count(b"word") < 2:
+                seen += await asyncio.wait_for(reader.read(4096), timeout=5)
+            writer.close()  # hang up mid-stream
+            await writer.wait_closed()
+            deadline = start + 40 * 0.1 - 1  # well before the stream's end
+            current = asyncio.current_task()
+            while (
+                portal.hangups < 1
+                or relay._conns
+                or {t for t in asyncio.all_tasks() if t is not current}
+            ):
+                assert time.monotonic() < deadline, asyncio.all_tasks()
+                await asyncio.sleep(0.02)
+            assert portal.statuses() == [200]
+        finally:
+            await relay.stop()
+            await http.aclose()
+            await oauth.aclose()

@@ -14,6 +14,7 @@ from qwen_oauth_mitm.rotation.ratelimit import (
     Verdict,
     body_retry_after,
     classify_error,
+    embedded_error_status,
     header_retry_after,
     next_quota_reset,
     quota_day,
@@ -229,3 +230,25 @@ def test_quota_day_is_the_date_in_the_reset_zone() -> None:
     assert quota_day(NOW, SHANGHAI) == "2026-01-05"
     assert quota_day(NOW + 1800, SHANGHAI) == "2026-01-06"
     assert quota_day(NOW + 1800, dt.UTC) == "2026-01-05"
+
+
+@pytest.mark.parametrize(
+    ("payload", "status"),
+    [
+        ({"error": {"code": "insufficient_quota", "message": "Free quota"}}, 429),
+        ({"error": {"code": "Throttling", "message": "Requests throttling"}}, 429),
+        ({"error": {"message": "Rate limit reached for requests"}}, 429),
+        ({"code": "Arrearage", "message": "Too many requests"}, 429),
+        ({"error": {"code": 401, "message": "expired"}}, 401),
+        ({"error": {"status": "503", "message": "busy"}}, 503),
+        ({"error": {"code": 200, "message": "odd"}}, 502),
+        ({"error": {"code": True, "message": "odd"}}, 502),
+        ({"error": {"code": "InternalError", "message": "Internal error"}}, 502),
+        ({"error": "boom"}, 502),
+        ([1, 2], 502),
+    ],
+)
+def test_an_error_object_under_200_stands_for_a_status(
+    payload: object, status: int
+) -> None:
+    assert embedded_error_status(payload) == status

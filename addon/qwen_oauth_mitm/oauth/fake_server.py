@@ -21,7 +21,10 @@ the server runs:
 - ``html_mode``: every answer is a 200 HTML challenge page (a WAF in the way);
 - ``token_lifetime``, ``rotate_refresh_tokens``, ``resource_url``;
 - ``refresh_delay``: seconds a refresh takes (to make refreshes overlap);
-- ``refresh_failure``: ``None``, ``"server_error"`` (HTTP 500) or ``"invalid_grant"``;
+- ``refresh_failure``: ``None``, ``"server_error"`` (HTTP 500), ``"unavailable"``
+  (HTTP 503, an HTML page, as a load balancer with no server behind it),
+  ``"drop"`` (the connection is closed with no answer, as a server going down) or
+  ``"invalid_grant"``;
 - ``dead_refresh_error``: the answer to a revoked or unknown refresh token,
   ``"invalid_request"`` (Qwen's real "Invalid refresh token or client_id") or
   ``"invalid_grant"``.
@@ -62,6 +65,16 @@ from qwen_oauth_mitm.oauth.protocol import (
 )
 
 Outcome = Literal["approve", "deny", "expire", "wait"]
+RefreshFailure = Literal["server_error", "unavailable", "drop", "invalid_grant"]
+
+UNAVAILABLE_PAGE = (
+    b"<html><body><h1>503 Service Temporarily Unavailable</h1></body></html>"
+)
+
+
+class DropConnection(Exception):
+    """Raised by :meth:`FakeQwenOAuth.handle`: close the connection, answer nothing."""
+
 
 HTML_PAGE = (
     b"<!DOCTYPE html><html><head><title>Verifying you are human</title></head>"
@@ -127,7 +140,7 @@ class FakeQwenOAuth(LocalServer):
         self.client_id = client_id
         self.html_mode = False
         self.refresh_delay = 0.0
-        self.refresh_failure: Literal["server_error", "invalid_grant"] | None = None
+        self.refresh_failure: RefreshFailure | None = None
         self.dead_refresh_error: Literal["invalid_request", "invalid_grant"] = (
             "invalid_request"
         )
@@ -284,6 +297,10 @@ class FakeQwenOAuth(LocalServer):
             time.sleep(delay)
         if failure == "server_error":
             return _error(500, "server_error", "Internal error")
+        if failure == "unavailable":
+            return 503, UNAVAILABLE_PAGE, "text/html"
+        if failure == "drop":
+            raise DropConnection
         if failure == "invalid_grant":
             return _error(400, "invalid_grant", "Refresh token expired")
         with self._lock:
@@ -354,7 +371,11 @@ def _make_handler(fake: FakeQwenOAuth) -> type[BaseHTTPRequestHandler]:
             form = dict(parse_qsl(raw, keep_blank_values=True))
             headers = {k.lower(): v for k, v in self.headers.items()}
             path = self.path.split("?", 1)[0]
-            status, body, content_type = fake.handle(path, form, headers)
+            try:
+                status, body, content_type = fake.handle(path, form, headers)
+            except DropConnection:
+                self.close_connection = True
+                return
             self._answer(status, body, content_type)
 
         def do_GET(self) -> None:

@@ -27,10 +27,22 @@ one per request, in order:
 - ``Fault("drop", after_chunks=2)``: a stream cut (connection closed) mid-way;
 - ``Fault("slow", delay=0.3)``: a stream with pauses between chunks;
 - ``Fault("hang", delay=5)``: the usual answer, after ``delay`` seconds of silence
-  before its headers.
+  before its headers;
+- ``Fault("504")``: a gateway's HTML error page (``text/html``), as the portal's
+  front end sends under long contexts;
+- ``Fault("bad_json")``: a 200 ``application/json`` whose body is cut JSON (streamed
+  request or not);
+- ``Fault("bad_sse", after_chunks=0)``: a 200 event stream whose event after
+  ``after_chunks`` good ones has data that is not JSON (the rest follows);
+- ``Fault("error_200", code="insufficient_quota")``: a 200 carrying an error object
+  (the whole body, or a stream's first event); ``code`` picks the error (a quota,
+  ``Throttling``, or anything else: a server error);
+- ``Fault("html_200")``: a 200 ``text/html`` page (a login or WAF page in the way).
 
-Readable: ``requests`` (every request: token, status, body, headers) and
-:meth:`statuses`. Runs in a background thread; use as a context manager.
+Readable: ``requests`` (every request: token, status, body, headers),
+:meth:`statuses`, and ``hangups`` (answers the client closed the connection on
+before they were all written, e.g. a stream the proxy stopped reading). Runs in a
+background thread; use as a context manager.
 
 A subclass may serve more paths (:meth:`FakePortal.route`), choose faults
 (:meth:`FakePortal.take_fault`) and count tokens (:meth:`FakePortal.usage`): the
@@ -50,9 +62,22 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any, Literal
 
 from qwen_oauth_mitm.localserver import LocalServer
-from qwen_oauth_mitm.oauth.fake_server import FakeQwenOAuth
+from qwen_oauth_mitm.oauth.fake_server import DropConnection, FakeQwenOAuth
 
-FaultKind = Literal["429", "quota", "401", "500", "drop", "slow", "hang"]
+FaultKind = Literal[
+    "429",
+    "quota",
+    "401",
+    "500",
+    "drop",
+    "slow",
+    "hang",
+    "504",
+    "bad_json",
+    "bad_sse",
+    "error_200",
+    "html_200",
+]
 
 
 @dataclass(frozen=True)
@@ -61,6 +86,8 @@ class Fault:
     retry_after: float | None = None
     after_chunks: int = 2
     delay: float = 0.3
+    code: str = "InternalError"
+    """The error code of an ``error_200`` fault."""
 
 
 @dataclass(frozen=True)
@@ -120,6 +147,7 @@ class FakePortal(LocalServer):
         self.text = text
         self.chunk_delay = chunk_delay
         self.requests: list[PortalRequest] = []
+        self.hangups = 0
         self._faults: dict[str, list[Fault]] = {}
         self._replies: deque[Reply] = deque()
         self._lock = threading.Lock()
@@ -224,6 +252,9 @@ class FakePortal(LocalServer):
             return _error(429, "insufficient_quota", "Free allocated quota exceeded.")
         if kind == "500":
             return _error(500, "InternalError", "Internal server error.")
+        stream = isinstance(body, dict) and bool(body.get("stream"))
+        if fault is not None and (garbage := _garbage(fault, stream=stream)):
+            return garbage
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             return _error(400, "invalid_request_error", "messages is required")
         message, finish = _reply(body, self.text, self.take_reply(body))
@@ -236,10 +267,13 @@ class FakePortal(LocalServer):
                 {"Content-Type": "application/json"},
             )
         delay = fault.delay if fault and kind == "slow" else self.chunk_delay
+        chunks = _chunks(model, message, finish, usage)
+        if fault and kind == "bad_sse":
+            chunks.insert(fault.after_chunks, b"data: <b>not json</b>\n\n")
         return _Answer(
             200,
             headers={"Content-Type": "text/event-stream"},
-            stream=_chunks(model, message, finish, usage),
+            stream=chunks,
             delay=delay,
             drop_after=fault.after_chunks if fault and kind == "drop" else None,
         )
@@ -257,6 +291,39 @@ def _dumps(data: Any) -> bytes:
 def _error(status: int, code: str, message: str) -> _Answer:
     body = {"error": {"code": code, "type": code, "message": message}}
     return _Answer(status, _dumps(body), {"Content-Type": "application/json"})
+
+
+GATEWAY_PAGE = (
+    b"<html><head><title>504 Gateway Time-out</title></head><body><center>"
+    b"<h1>504 Gateway Time-out</h1></center><hr><center>nginx</center></body></html>"
+)
+_ERROR_MESSAGES = {
+    "insufficient_quota": "Free allocated quota exceeded.",
+    "Throttling": "Requests throttling triggered.",
+}
+
+
+def _garbage(fault: Fault, *, stream: bool) -> _Answer | None:
+    """The answer of a fault that is no proper answer (None: not such a fault)."""
+    html = {"Content-Type": "text/html; charset=utf-8"}
+    match fault.kind:
+        case "504":
+            return _Answer(504, GATEWAY_PAGE, html)
+        case "html_200":
+            return _Answer(200, b"<html><body>Please log in.</body></html>", html)
+        case "bad_json":
+            body = b'{"id": "chatcmpl-fake", "choices": [{"index": 0, "mess'
+            return _Answer(200, body, {"Content-Type": "application/json"})
+        case "error_200":
+            message = _ERROR_MESSAGES.get(fault.code, "Internal server error.")
+            error = {"error": {"code": fault.code, "message": message}}
+            if not stream:
+                return _Answer(200, _dumps(error), {"Content-Type": "application/json"})
+            events = [b"data: " + _dumps(error) + b"\n\n", b"data: [DONE]\n\n"]
+            return _Answer(
+                200, headers={"Content-Type": "text/event-stream"}, stream=events
+            )
+    return None
 
 
 _REASONING = "The user wants a short answer; I will keep it brief."
@@ -423,6 +490,10 @@ def _make_handler(portal: FakePortal) -> type[BaseHTTPRequestHandler]:
                 self._send(portal.route(self.command, path, headers, raw))
             except (BrokenPipeError, ConnectionResetError):
                 self.close_connection = True  # the client gave up (a timeout)
+                with portal._lock:
+                    portal.hangups += 1
+            except DropConnection:
+                self.close_connection = True  # an OAuth fault: no answer at all
 
         do_GET = do_POST
         do_DELETE = do_POST

@@ -333,6 +333,7 @@ class QwenAddon:
                 return
             flow.comment = job.comment() + " · stream cut"
             flow.marked = FAILED_MARK
+            log.debug("flow %s: cut; %d relayed flows open", flow.id, len(self.jobs))
         except Exception:
             log.exception("flow %s: error", flow.id)
 

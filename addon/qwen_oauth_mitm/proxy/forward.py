@@ -7,15 +7,21 @@ The loop, per request:
    answer 429 with ``Retry-After`` and every account's state.
 2. A fresh token from :class:`TokenManager` (single-flight refresh). An account
    that needs a re-login, whose refresh failed, or whose API base is not an
-   allowed host is skipped for this request.
+   allowed host is skipped for this request (a failed refresh counts as a failure
+   that is not the account's fault: no health penalty, but it moves sequential
+   rotation on, and repeated ones cool the account down).
 3. ``POST {api base}/chat/completions`` with our own headers (never the client's
    Authorization, cookies or SDK fingerprint).
 4. 429/quota: the account cools down, the next one is tried. 401: one refresh and
    one retry on the same account. 5xx, a connection error or no answer within
    ``first_byte_seconds`` (nothing sent to the client yet): fail over once,
    costing the account no health of its own. Other errors go to the client.
-5. 200: streamed (translated by :class:`StreamTranslator` for Responses requests,
-   passed through for chat) chunk by chunk; or translated whole.
+5. 200: its opening (the whole body, or a stream's first event) is judged first
+   (:mod:`.opening`): an error object under the 200 is handled as the error
+   status it stands for (a quota: cooldown and the next account), garbage (HTML,
+   invalid JSON) like a 5xx. Then streamed (translated by :class:`StreamTranslator`
+   for Responses requests, passed through for chat) chunk by chunk; or translated
+   whole.
 
 Timeouts (``timeouts.*``, read from the current config for every request, so a
 change at run time needs no new client): ``connect_seconds`` to connect (and per
@@ -48,6 +54,13 @@ from qwen_oauth_mitm.config import Config, parse_timezone
 from qwen_oauth_mitm.errors import QwenError
 from qwen_oauth_mitm.oauth import NeedsRelogin, TokenManager
 from qwen_oauth_mitm.proxy.jobs import Attempt, Job, error_body
+from qwen_oauth_mitm.proxy.opening import (
+    Refusal,
+    StreamOpening,
+    is_document,
+    judge_stream,
+    judge_whole,
+)
 from qwen_oauth_mitm.proxy.relay import ResponseWriter
 from qwen_oauth_mitm.proxy.scope import DisallowedHost, api_base
 from qwen_oauth_mitm.rotation import (
@@ -348,21 +361,7 @@ class Forwarder:
             time.monotonic() - started,
         )
         if response.status_code == 200:
-            job.attempts.append(Attempt(account.label, "200"))
-            job.served_by = account.label
-            try:
-                await self._relay_answer(job, response, out)
-            finally:
-                # Settled at the end: an answer the upstream cut is no success.
-                if job.upstream_cut:
-                    detail = "answer cut"
-                    now = self.clock()
-                    self.rotation.record_failure(
-                        pick, now, account_fault=False, detail=detail
-                    )
-                else:
-                    self.rotation.record_success(pick, self.clock())
-            return "done"
+            return await self._answer_200(job, pick, st, token, response, out)
         try:
             body = await read_bounded(response, cfg.timeouts.between_chunks_seconds)
         except (httpx.HTTPError, TimeoutError) as e:
@@ -370,7 +369,56 @@ class Forwarder:
             log.debug("flow %s: error body unread: %s", job.flow_id, type(e).__name__)
         finally:
             await response.aclose()
-        return await self._after_error(job, pick, st, token, response, body)
+        refusal = Refusal(response.status_code, body, str(response.status_code))
+        return await self._after_error(job, pick, st, token, response, refusal)
+
+    async def _answer_200(
+        self,
+        job: Job,
+        pick: Pick,
+        st: _State,
+        token: str,
+        response: httpx.Response,
+        out: ResponseWriter,
+    ) -> Step:
+        """Judge the answer's opening, then relay it (see :mod:`.opening`)."""
+        gap = self.config.timeouts.between_chunks_seconds
+        sse = job.stream and not is_document(response.headers.get("content-type"))
+        chunks = bounded_chunks(response, gap, raw=sse)
+        try:
+            try:
+                opening, payload, refusal = await _open(chunks, job, sse=sse)
+            except (httpx.HTTPError, TimeoutError) as e:
+                # Cut before the client got anything: a 502 it can retry.
+                job.attempts.append(Attempt(pick.account.label, "200 cut"))
+                self.rotation.record_failure(
+                    pick, self.clock(), account_fault=False, detail="answer cut"
+                )
+                job.upstream_cut = True
+                message = f"The upstream answer broke off ({_why(e, gap)})."
+                await self._fail(job, out, 502, message)
+                return "done"
+            if refusal is not None:
+                return await self._after_error(job, pick, st, token, response, refusal)
+            job.attempts.append(Attempt(pick.account.label, "200"))
+            job.served_by = pick.account.label
+            try:
+                if sse:
+                    await self._stream(job, opening, chunks, out)
+                else:
+                    await self._whole(job, response, opening, payload, out)
+            finally:
+                # Settled at the end: an answer cut or failed is no success.
+                if job.upstream_cut:
+                    self.rotation.record_failure(
+                        pick, self.clock(), account_fault=False, detail="answer cut"
+                    )
+                else:
+                    self.rotation.record_success(pick, self.clock())
+            return "done"
+        finally:
+            await chunks.aclose()
+            await response.aclose()
 
     async def _after_error(
         self,
@@ -379,12 +427,14 @@ class Forwarder:
         st: _State,
         token: str,
         response: httpx.Response,
-        body: bytes,
+        refusal: Refusal,
     ) -> Step:
+        """Settle an error answer (a status >= 400, or a 200 judged one)."""
         account, cfg, now = pick.account, self.config, self.clock()
-        job.attempts.append(Attempt(account.label, str(response.status_code)))
+        status, body = refusal.status, refusal.body
+        job.attempts.append(Attempt(account.label, refusal.outcome))
         verdict = classify_error(
-            response.status_code,
+            status,
             response.headers,
             body,
             now=now,
@@ -393,7 +443,7 @@ class Forwarder:
         )
         self.rotation.record(pick, verdict, now)
         log.warning("account %s: upstream %s", account.label, verdict.detail)
-        st.last = (response.status_code, body)
+        st.last = (status, body)
         match verdict.kind:
             case "quota" | "rate_limit":
                 return "next"  # its cooldown keeps it out of the next picks
@@ -443,34 +493,28 @@ class Forwarder:
         try:
             return await self.tokens.access_token(account.id)
         except NeedsRelogin:
-            outcome = "needs re-login"
+            self._skip(job, pick, st, "needs re-login")
+            return None
         except (QwenError, OSError) as e:
             log.warning("account %s: no token: %s", account.label, e)
-            outcome = "refresh failed"
-        self._skip(job, pick, st, outcome)
+        # The OAuth server is down or slow: not the account's fault, but a failure
+        # all the same, so sequential rotation moves on and repeated ones cool the
+        # account down: requests stop waiting for that server on every pick. The
+        # refresh is tried again when the account is picked again.
+        now = self.clock()
+        self.rotation.record_failure(
+            pick, now, account_fault=False, detail="token refresh failed"
+        )
+        job.attempts.append(Attempt(account.label, "refresh failed"))
+        st.skip.add(account.id)
         return None
 
-    async def _relay_answer(
-        self, job: Job, response: httpx.Response, out: ResponseWriter
-    ) -> None:
-        try:
-            if job.stream:
-                await self._stream(job, response, out)
-                return
-            gap = self.config.timeouts.between_chunks_seconds
-            try:
-                body = await read_bounded(response, gap)
-            except (httpx.HTTPError, TimeoutError) as e:
-                job.upstream_cut = True
-                message = f"The upstream answer broke off ({_why(e, gap)})."
-                await self._fail(job, out, 502, message)
-                return
-            await self._whole(job, response, body, out)
-        finally:
-            await response.aclose()
-
     async def _stream(
-        self, job: Job, response: httpx.Response, out: ResponseWriter
+        self,
+        job: Job,
+        opening: bytes,
+        chunks: AsyncGenerator[bytes],
+        out: ResponseWriter,
     ) -> None:
         headers = [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache")]
         job.status = 200
@@ -482,12 +526,12 @@ class Forwarder:
         )
         gap = self.config.timeouts.between_chunks_seconds
         try:
-            async with contextlib.aclosing(
-                bounded_chunks(response, gap, raw=True)
-            ) as chunks:
-                async for chunk in chunks:
-                    data = b"".join(translator.feed(chunk)) if translator else chunk
-                    await out.write(data)
+            await out.write(
+                b"".join(translator.feed(opening)) if translator else opening
+            )
+            async for chunk in chunks:
+                data = b"".join(translator.feed(chunk)) if translator else chunk
+                await out.write(data)
         except (httpx.HTTPError, TimeoutError) as e:
             why = _why(e, gap)
             log.warning("flow %s: upstream stream broke: %s", job.flow_id, why)
@@ -501,10 +545,16 @@ class Forwarder:
             if outcome.failure is not None:
                 job.failed = True
                 job.error = job.error or outcome.error_message
+                job.upstream_cut = True  # garbage or an error mid-way: no success
         await out.end()
 
     async def _whole(
-        self, job: Job, response: httpx.Response, body: bytes, out: ResponseWriter
+        self,
+        job: Job,
+        response: httpx.Response,
+        body: bytes,
+        payload: object,
+        out: ResponseWriter,
     ) -> None:
         if job.translated is None:
             job.status = 200
@@ -512,8 +562,9 @@ class Forwarder:
             await out.answer(200, body, ctype)
             return
         try:
+            assert isinstance(payload, dict)  # judge_whole let only objects through
             result = translate_response(
-                body, job.translated, ids=random_ids, now=self.clock()
+                payload, job.translated, ids=random_ids, now=self.clock()
             )
         except TranslationError as e:
             await self._fail(job, out, e.status, e.message, e.body_bytes())
@@ -565,6 +616,22 @@ class Forwarder:
         job.failed, job.error, job.status = True, message, status
         if not out.started:
             await out.answer(status, body or error_body(message))
+
+
+async def _open(
+    chunks: AsyncGenerator[bytes], job: Job, *, sse: bool
+) -> tuple[bytes, object, Refusal | None]:
+    """Read an answer's opening (a stream's first event, or the whole body) and
+    judge it: the bytes read, the parsed body (whole answers) and any refusal."""
+    if sse:
+        opening = StreamOpening()
+        async for chunk in chunks:
+            if opening.feed(chunk):
+                break
+        return bytes(opening.data), None, judge_stream(opening.event)
+    body = b"".join([chunk async for chunk in chunks])
+    payload, refusal = judge_whole(body, stream=job.stream)
+    return body, payload, refusal
 
 
 def _why(error: Exception, gap: float) -> str:

@@ -27,6 +27,7 @@ from qwen_oauth_mitm.rotation.ratelimit import (
     Verdict,
     VerdictKind,
     classify_error,
+    embedded_error_status,
     next_quota_reset,
 )
 from qwen_oauth_mitm.rotation.state import TrackerState
@@ -49,6 +50,7 @@ __all__ = [
     "Verdict",
     "VerdictKind",
     "classify_error",
+    "embedded_error_status",
     "next_quota_reset",
     "render_status_table",
     "tracker_file",

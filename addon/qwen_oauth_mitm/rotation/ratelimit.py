@@ -21,6 +21,10 @@ Hints for when to retry come, in this order, from ``retry-after-ms``,
 ``Retry-After`` (seconds or an HTTP date) and the JSON body (``retry_after``-like
 fields, a ``retryDelay`` of ``"30s"``, or "retry after 30 seconds" in the message).
 A hint is kept within [1 s, 24 h] so garbage cannot park an account for a year.
+
+An error object the upstream sends under HTTP 200 (a whole answer that is
+``{"error": ...}``, or a stream's first event) is read as the status it stands for
+(:func:`embedded_error_status`) and then classified like any other error answer.
 Throttling is tested before quota because DashScope's ``Throttling.AllocationQuota``
 ("Allocated quota exceeded") is a seconds-long throttle, not the daily quota:
 mistaking a throttle for the quota would cost the account the rest of its day.
@@ -49,6 +53,8 @@ _QUOTA_TEXT = re.compile(
     re.IGNORECASE,
 )
 _THROTTLE_TEXT = re.compile(r"throttl", re.IGNORECASE)
+_RATE_LIMIT_TEXT = re.compile(r"rate[_ ]?limit|too many requests", re.IGNORECASE)
+_STATUS_KEYS = ("status", "status_code", "http_status", "code")
 _HINT_TEXT = re.compile(
     r"(?:retry|try again)\s+(?:after|in)\s+(\d+(?:\.\d+)?)\s*"
     r"(ms|milliseconds?|s|secs?|seconds?|m|mins?|minutes?|h|hours?)?\b",
@@ -113,6 +119,34 @@ def classify_error(
     if status >= 500:
         return verdict("upstream")
     return verdict("client")
+
+
+def embedded_error_status(payload: object) -> int:
+    """The HTTP status an error object that came under a 200 stands for.
+
+    A status it names (``status``, ``status_code``, ``http_status`` or a numeric
+    ``code``, 400-599); else 429 when its code or message speaks of throttling, a
+    quota or a rate limit (so :func:`classify_error` cools the account down); else
+    502: the service failed, not the account.
+    """
+    if isinstance(payload, dict):
+        error = payload.get("error")
+        source = error if isinstance(error, dict) else payload
+        for key in _STATUS_KEYS:
+            value = source.get(key)
+            if isinstance(value, str) and value.isdigit():
+                value = int(value)
+            if (
+                isinstance(value, int)
+                and not isinstance(value, bool)
+                and (400 <= value <= 599)
+            ):
+                return value
+    code, message = _error_code_and_message(payload)
+    markers = f"{code} {message}"
+    if any(p.search(markers) for p in (_THROTTLE_TEXT, _QUOTA_TEXT, _RATE_LIMIT_TEXT)):
+        return 429
+    return 502
 
 
 # --- hints ----------------------------------------------------------------------------

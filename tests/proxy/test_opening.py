@@ -1,0 +1,112 @@
+"""Judging a 200 answer's opening before the client sees it (pure)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from qwen_oauth_mitm.proxy.opening import (
+    OPENING_LIMIT,
+    StreamOpening,
+    is_document,
+    judge_stream,
+    judge_whole,
+)
+from qwen_oauth_mitm.sse import ServerSentEvent
+
+COMPLETION = {"choices": [{"index": 0, "message": {"content": "ok"}}]}
+
+
+def _dumps(data: object) -> bytes:
+    return json.dumps(data).encode()
+
+
+@pytest.mark.parametrize(
+    ("body", "stream", "status", "outcome"),
+    [
+        (b"<html>504 Gateway Time-out</html>", False, 502, "200 not JSON"),
+        (b'{"choices": [', False, 502, "200 not JSON"),
+        (b"[1, 2]", False, 502, "200 not a completion"),
+        (b'{"id": "x"}', False, 502, "200 not a completion"),
+        (_dumps(COMPLETION), True, 502, "200 not streamed"),
+        (
+            _dumps({"error": {"code": "InternalError"}}),
+            False,
+            502,
+            "200 with error 502",
+        ),
+        (
+            _dumps({"error": {"code": "insufficient_quota", "message": "q"}}),
+            True,
+            429,
+            "200 with error 429",
+        ),
+    ],
+)
+def test_a_whole_answer_that_is_no_completion_is_refused(
+    body: bytes, stream: bool, status: int, outcome: str
+) -> None:
+    _, refusal = judge_whole(body, stream=stream)
+    assert refusal is not None
+    assert (refusal.status, refusal.outcome) == (status, outcome)
+    assert "error" in json.loads(refusal.body)
+
+
+def test_a_completion_passes_with_its_parsed_body() -> None:
+    payload, refusal = judge_whole(_dumps(COMPLETION), stream=False)
+    assert refusal is None
+    assert payload == COMPLETION
+
+
+def test_an_upstream_error_object_is_kept_as_the_body() -> None:
+    raw = _dumps({"error": {"code": "Throttling", "message": "slow down"}})
+    _, refusal = judge_whole(raw, stream=False)
+    assert refusal is not None
+    assert refusal.body == raw  # the client sees the upstream's own message
+
+
+@pytest.mark.parametrize(
+    ("event", "status"),
+    [
+        (None, None),
+        (ServerSentEvent("[DONE]"), None),
+        (ServerSentEvent(json.dumps({"choices": []})), None),
+        (ServerSentEvent("<b>not json</b>"), 502),
+        (ServerSentEvent(json.dumps({"error": {"code": "Throttling"}})), 429),
+        (ServerSentEvent(json.dumps({"message": "down"}), event="error"), 502),
+    ],
+)
+def test_a_streams_first_event(event: ServerSentEvent | None, status: int) -> None:
+    refusal = judge_stream(event)
+    assert (refusal.status if refusal else None) == status
+
+
+def test_the_opening_is_the_first_event_with_data_across_chunks() -> None:
+    opening = StreamOpening()
+    assert not opening.feed(b": keep-alive\n\ndata:\n\nda")
+    assert not opening.feed(b'ta: {"a"')
+    assert opening.feed(b": 1}\r\n\r\ndata: next\n\n")
+    assert opening.event is not None
+    assert opening.event.data == '{"a": 1}'
+    assert bytes(opening.data).endswith(b"data: next\n\n")  # nothing is lost
+
+
+def test_the_opening_gives_up_past_its_limit() -> None:
+    opening = StreamOpening()
+    assert opening.feed(b"x" * OPENING_LIMIT)
+    assert opening.event is None
+
+
+@pytest.mark.parametrize(
+    ("content_type", "document"),
+    [
+        ("application/json", True),
+        ("text/html; charset=utf-8", True),
+        ("text/event-stream;charset=UTF-8", False),
+        (None, False),
+        ("text/plain", False),
+    ],
+)
+def test_documents(content_type: str | None, document: bool) -> None:
+    assert is_document(content_type) is document
