@@ -121,6 +121,13 @@ class Config(_Section):
     timeouts: TimeoutsConfig = TimeoutsConfig()
     log_file: str | None = None
     """Also write the log (redacted) to this file."""
+    max_request_body_mb: Annotated[int, Field(ge=1, le=1024)] = 32
+    """Largest request body (MiB) taken for the portal; larger ones get a 413.
+
+    32 MiB: OpenCode sends images inline as base64 data URLs, and a long session
+    plus a few screenshots reaches a few MiB; far more than that is no prompt the
+    portal would take (its context is about a million tokens, some 4 MiB of text).
+    """
 
     @field_validator("quota_reset_timezone")
     @classmethod
