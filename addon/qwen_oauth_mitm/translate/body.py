@@ -1,8 +1,9 @@
 """A request body's bytes → JSON, and the checks a Chat Completions body gets (pure).
 
 ``parse_body`` turns every way raw bytes can fail to be usable JSON into a
-``TranslationError`` (400): not UTF-8, not JSON, a number too long to read, or
-nested deeper than :data:`MAX_DEPTH`. ``json.loads`` itself raises
+``TranslationError`` (400): not UTF-8, not JSON, a number too long to read,
+``NaN``/``Infinity`` anywhere (named by its path), or nested deeper than
+:data:`MAX_DEPTH`. ``json.loads`` itself raises
 ``RecursionError`` (not ``ValueError``) for a few thousand levels, and a body only
 a little shallower than that would still break whatever walks it recursively later
 (``json.dumps`` upstream, a deep copy of the flow's metadata), so depth is bounded
@@ -17,6 +18,8 @@ satisfy before it is relayed: the proxy passes it on as it is, but reads
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Iterable
 from typing import Any, NoReturn
 
 from qwen_oauth_mitm.translate._check import as_dict, as_list, as_str, fail, opt_bool
@@ -43,8 +46,7 @@ def parse_body(raw: bytes | bytearray) -> object:
         raise TranslationError(
             f"The request body is not valid JSON: {reason}", code="invalid_json"
         ) from None
-    if _depth_exceeds(body, MAX_DEPTH):
-        _too_deep()
+    _scan(body)
     return body
 
 
@@ -74,18 +76,43 @@ def _too_deep() -> NoReturn:
     )
 
 
-def _depth_exceeds(value: object, limit: int) -> bool:
-    """Whether arrays/objects nest deeper than ``limit`` (iterative: no recursion)."""
-    stack: list[tuple[object, int]] = [(value, 1)]
+# A path to a value, built only when it is reported: (parent path, key or index).
+_Path = tuple["_Path", str | int] | None
+
+
+def _scan(body: object) -> None:
+    """Depth and numbers of every value, iteratively (a recursive walk is what a
+    deep body breaks). ``json.loads`` takes ``NaN`` and ``Infinity``, JSON has
+    neither, and they would reach the portal inside fields passed on as they are
+    (a JSON schema, tool parameters): refused here, naming the field."""
+    stack: list[tuple[object, int, _Path]] = [(body, 1, None)]
     while stack:
-        item, depth = stack.pop()
+        item, depth, path = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            if not isinstance(body, dict):  # no field to name
+                raise TranslationError(
+                    f"The request body is not valid JSON: {item}", code="invalid_json"
+                )
+            where = _format(path)
+            fail(f"Invalid value for '{where}': {item} is not a JSON number.", where)
         if isinstance(item, dict):
-            children: Any = item.values()
+            children: Iterable[tuple[str | int, object]] = item.items()
         elif isinstance(item, list):
-            children = item
+            children = enumerate(item)
         else:
             continue
-        if depth > limit:
-            return True
-        stack.extend((child, depth + 1) for child in children)
-    return False
+        if depth > MAX_DEPTH:
+            _too_deep()
+        stack.extend((child, depth + 1, (path, key)) for key, child in children)
+
+
+def _format(path: _Path) -> str:
+    """``input[2].content[0].text`` (OpenAI's ``param`` style)."""
+    keys: list[str | int] = []
+    while path is not None:
+        path, key = path
+        keys.append(key)
+    out = ""
+    for key in reversed(keys):
+        out += f"[{key}]" if isinstance(key, int) else (f".{key}" if out else key)
+    return out
