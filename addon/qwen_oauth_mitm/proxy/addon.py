@@ -78,6 +78,8 @@ class QwenAddon:
     def __init__(self, paths: StatePaths | None = None) -> None:
         self._paths = paths
         self.config: Config | None = None
+        self._config_error: str | None = None
+        """Why the config did not load at startup (mitmproxy then exits)."""
         self.jobs: dict[str, Job] = {}
         """Relayed flows by ``flow.id``, until their response or error hook."""
         self._streamed: dict[str, tuple[str, BodyCollector]] = {}
@@ -117,7 +119,17 @@ class QwenAddon:
             )
             self._logs.apply(loaded.config)
         except ConfigError as e:
-            raise exceptions.OptionsError(str(e)) from None  # type: ignore[no-untyped-call]
+            reason = str(e).replace("\n", "; ")
+            if self.config is None and self.forwarder is None:
+                # At startup an OptionsError is printed with a traceback, after
+                # which mitmproxy exits anyway (any error logged during startup
+                # ends it): one line says the same. The hooks refuse to serve
+                # with a config that never loaded (see _config).
+                self._config_error = reason
+                log.error("Qwen proxy: bad configuration: %s", reason)
+                return
+            raise exceptions.OptionsError(reason) from None  # type: ignore[no-untyped-call]
+        self._config_error = None
         for warning in loaded.warnings:
             log.warning("%s", warning)
         self.config = loaded.config
@@ -176,6 +188,8 @@ class QwenAddon:
         self._logs.close()
 
     def _config(self) -> Config:
+        if self._config_error is not None:
+            raise ConfigError(self._config_error)  # never defaults instead
         if self.config is None:  # configure always runs first under mitmproxy
             self.config = Config()
         return self.config
