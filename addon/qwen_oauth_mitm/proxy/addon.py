@@ -284,17 +284,14 @@ class QwenAddon:
             return
         if req.method != "POST" or path not in API_PATHS:
             message = f"{req.method} {path} is not served by the Qwen proxy."
-            self._reply(
-                flow,
-                404,
-                error_body(
-                    message, code="not_found", error_type="invalid_request_error"
-                ),
+            body = error_body(
+                message, code="not_found", error_type="invalid_request_error"
             )
+            self._reply(flow, 404, body)
             return
         try:
-            body = parse_body(req.get_content(strict=False) or b"")
-            job = self._job(flow.id, path, body)
+            parsed = parse_body(req.get_content(strict=False) or b"")
+            job = self._job(flow.id, path, parsed)
         except TranslationError as e:
             self._reply(flow, e.status, e.body_bytes())
             return
@@ -305,7 +302,7 @@ class QwenAddon:
         # The job carries the parsed body and the relay ignores the raw one:
         # sending it on would only copy it twice more (socket buffers, relay).
         req.content = b""
-        self._accept(flow, job, body)
+        self._accept(flow, job, parsed)
 
     def _route_streamed(
         self, flow: http.HTTPFlow, path: str, collector: BodyCollector
