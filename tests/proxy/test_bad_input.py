@@ -21,7 +21,7 @@ from unittest.mock import ANY
 
 import httpx
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from mitmproxy import http
 from mitmproxy.test import taddons, tflow, tutils
@@ -167,7 +167,6 @@ _body = st.one_of(
 )
 
 
-@settings(max_examples=150)
 @given(
     _body,
     st.sampled_from(PATHS),
@@ -213,7 +212,6 @@ _raw = st.one_of(
 )
 
 
-@settings(max_examples=100)
 @given(_raw, st.sampled_from(PATHS))
 def test_any_bytes_are_relayed_or_a_400(
     bare_addon: QwenAddon, raw: bytes, path: str

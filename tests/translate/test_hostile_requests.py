@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from qwen_oauth_mitm.translate import (
@@ -174,13 +174,11 @@ def _chat(raw: bytes) -> None:
     assert isinstance(chat.get("stream", False), bool)
 
 
-@settings(max_examples=300)
 @given(_json | _responses_body)
 def test_responses_bodies_translate_or_name_the_field(body: Any) -> None:
     _translate(_encode(body))
 
 
-@settings(max_examples=150)
 @given(
     _json
     | st.fixed_dictionaries(
