@@ -174,7 +174,9 @@ def _chat(raw: bytes) -> None:
         return
     assert isinstance(chat["model"], str)
     assert isinstance(chat["messages"], list)
-    assert isinstance(chat.get("stream", False), bool)
+    assert all(isinstance(m, dict) for m in chat["messages"])
+    stream = chat.get("stream")
+    assert stream is None or isinstance(stream, bool)  # null: the default
 
 
 @given(_json | _responses_body)
@@ -185,8 +187,12 @@ def test_responses_bodies_translate_or_name_the_field(body: Any) -> None:
 @given(
     _json
     | st.fixed_dictionaries(
-        {"model": _json, "messages": _json | st.lists(_json, max_size=3)},
-        optional={"stream": _json},
+        {
+            "model": st.just("coder-model") | _json,
+            "messages": _json
+            | st.lists(st.dictionaries(_keys, _json, max_size=3), max_size=3),
+        },
+        optional={"stream": _json, "tools": _json},
     )
 )
 def test_chat_bodies_pass_or_name_the_field(body: Any) -> None:
