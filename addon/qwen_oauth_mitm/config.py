@@ -23,9 +23,17 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
 from qwen_oauth_mitm.errors import ConfigError
 
@@ -35,12 +43,39 @@ DEFAULT_API_BASE_URL = "https://portal.qwen.ai/v1"
 PROJECT_FILE = Path(".opencode") / "qwen.json"
 
 RotationStrategy = Literal["hybrid", "round-robin", "sequential"]
-NonNegInt = Annotated[int, Field(ge=0)]
-PosFloat = Annotated[float, Field(gt=0)]
+WEEK = 7 * 24 * 3600
+"""Upper bound of every duration: far past any sane setting, and far below what
+overflows a socket timeout or a date (``1e300`` seconds would fail every request)."""
+NonNegInt = Annotated[int, Field(ge=0, le=WEEK)]
+PosFloat = Annotated[float, Field(gt=0, le=WEEK)]
+
+
+def _header_text(value: str) -> str:
+    # A control character or non-ASCII text would make every upstream request
+    # fail, or smuggle another header in.
+    if len(value) > 512 or not re.fullmatch(r"[\x20-\x7e]*", value):
+        raise ValueError("expected printable ASCII text of at most 512 characters")
+    return value
+
+
+def _token_text(value: str) -> str:
+    if not re.fullmatch(r"[\x21-\x7e]{1,256}", value):
+        raise ValueError("expected 1 to 256 printable ASCII characters without spaces")
+    return value
+
+
+HeaderText = Annotated[str, AfterValidator(_header_text)]
+"""An HTTP header value sent to the portal."""
+TokenText = Annotated[str, AfterValidator(_token_text)]
+"""An identifier sent in forms and URLs (the OAuth client id)."""
+Url = Annotated[str, Field(max_length=2048)]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    # allow_inf_nan: "inf" passes float() and every ``> 0`` check.
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", strict=True, allow_inf_nan=False
+    )
 
 
 class HealthScoreConfig(_Section):
@@ -54,7 +89,7 @@ class HealthScoreConfig(_Section):
     """Added (a negative number) after a 429 or quota answer."""
     failure_penalty: Annotated[int, Field(ge=-100, le=0)] = -20
     """Added (a negative number) after any other failure that is the account's."""
-    recovery_rate_per_hour: Annotated[float, Field(ge=0)] = 2.0
+    recovery_rate_per_hour: Annotated[float, Field(ge=0, le=1000)] = 2.0
     """Points regained per hour of rest."""
     min_usable: Annotated[int, Field(ge=0, le=100)] = 50
     """Below this score an account is left out while a healthier one exists."""
@@ -63,18 +98,18 @@ class HealthScoreConfig(_Section):
 class TokenBucketConfig(_Section):
     """Client-side rate limit per account (hybrid strategy)."""
 
-    max_tokens: Annotated[int, Field(ge=1)] = 50
+    max_tokens: Annotated[int, Field(ge=1, le=1_000_000)] = 50
     """Bucket size: requests an account may take in one burst."""
-    regeneration_rate_per_minute: PosFloat = 6.0
+    regeneration_rate_per_minute: Annotated[float, Field(gt=0, le=1_000_000)] = 6.0
     """Tokens regained per minute."""
 
 
 class UpstreamHeadersConfig(_Section):
     """Headers sent to the portal, by default those of the official Qwen Code CLI."""
 
-    user_agent: str = "QwenCode/0.2.0 (linux; x64)"
-    dashscope_cache_control: str = "enable"
-    dashscope_auth_type: str = "qwen-oauth"
+    user_agent: HeaderText = "QwenCode/0.2.0 (linux; x64)"
+    dashscope_cache_control: HeaderText = "enable"
+    dashscope_auth_type: HeaderText = "qwen-oauth"
 
 
 class TimeoutsConfig(_Section):
@@ -103,17 +138,15 @@ class Config(_Section):
     pid_offset_enabled: bool = False
     health_score: HealthScoreConfig = HealthScoreConfig()
     token_bucket: TokenBucketConfig = TokenBucketConfig()
-    client_id: Annotated[str, Field(min_length=1)] = DEFAULT_CLIENT_ID
-    oauth_base_url: Annotated[str, Field(pattern=r"^https?://[^\s/]+")] = (
-        DEFAULT_OAUTH_BASE_URL
-    )
-    base_url: Annotated[str, Field(pattern=r"^https?://[^\s/]+")] | None = None
+    client_id: TokenText = DEFAULT_CLIENT_ID
+    oauth_base_url: Url = DEFAULT_OAUTH_BASE_URL
+    base_url: Url | None = None
     """API base for every account; unset means each account's own resource_url."""
     debug: bool = False
 
     conversation_affinity: bool = True
     """Keep a conversation on the account that served it last (prompt cache)."""
-    default_cooldown_seconds: Annotated[int, Field(ge=1)] = 60
+    default_cooldown_seconds: Annotated[int, Field(ge=1, le=WEEK)] = 60
     """Cooldown after a 429 that says nothing of when to retry."""
     quota_reset_timezone: str = "Asia/Shanghai"
     """Time zone whose midnight ends a daily-quota cooldown (IANA name or UTC±HH:MM)."""
@@ -121,12 +154,56 @@ class Config(_Section):
     timeouts: TimeoutsConfig = TimeoutsConfig()
     log_file: str | None = None
     """Also write the log (redacted) to this file."""
+    max_request_body_mb: Annotated[int, Field(ge=1, le=1024)] = 32
+    """Largest request body (MiB) taken for the portal; larger ones get a 413.
+
+    32 MiB: OpenCode sends images inline as base64 data URLs, and a long session
+    plus a few screenshots reaches a few MiB; far more than that is no prompt the
+    portal would take (its context is about a million tokens, some 4 MiB of text).
+    """
 
     @field_validator("quota_reset_timezone")
     @classmethod
     def _known_timezone(cls, value: str) -> str:
         parse_timezone(value)
         return value
+
+    @field_validator("oauth_base_url", "base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_http_url(value)
+        return value
+
+    @field_validator("log_file")
+    @classmethod
+    def _log_path(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None  # "": no log file (how ``--set`` turns it off again)
+        if "\x00" in value:
+            raise ValueError("expected a file path")
+        path = os.path.expanduser(value)
+        if not os.path.isabs(path):
+            # Relative to whatever folder mitmdump was started in: ambiguous.
+            raise ValueError("expected an absolute path (or one starting with ~/)")
+        return path
+
+
+def check_http_url(value: str) -> None:
+    """An ``http(s)://host[:port][/path]`` URL; ``ValueError`` saying what is wrong."""
+    if any(c.isspace() or not c.isprintable() for c in value):
+        raise ValueError("expected a URL without spaces or control characters")
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:
+        raise ValueError("expected a URL such as https://portal.qwen.ai/v1") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("expected an http:// or https:// URL with a host name")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("expected a URL without user name or password")
+    if port == 0:
+        raise ValueError("expected a port between 1 and 65535")
 
 
 def parse_timezone(name: str) -> dt.tzinfo:
@@ -137,7 +214,8 @@ def parse_timezone(name: str) -> dt.tzinfo:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError) as e:
         raise ValueError(
-            f"unknown time zone {name!r}; use an IANA name such as 'Asia/Shanghai' "
+            f"unknown time zone {shown(name, 40)}; use an IANA name such as "
+            "'Asia/Shanghai' "
             "or an offset such as 'UTC+08:00'"
         ) from e
 
@@ -146,7 +224,7 @@ def _parse_utc_offset(name: str) -> dt.timezone:
     """``UTC+8``, ``UTC+08:00`` or ``UTC-05:30`` as a fixed-offset time zone."""
     m = re.fullmatch(r"UTC([+-])(\d{1,2})(?::?(\d{2}))?", name.upper())
     if not m or int(m[2]) > 14 or int(m[3] or 0) >= 60:
-        raise ValueError(f"bad UTC offset {name!r}; expected e.g. 'UTC+08:00'")
+        raise ValueError(f"bad UTC offset {shown(name, 40)}; expected e.g. 'UTC+08:00'")
     minutes = int(m[2]) * 60 + int(m[3] or 0)
     return dt.timezone(dt.timedelta(minutes=minutes if m[1] == "+" else -minutes))
 
@@ -205,13 +283,19 @@ def parse_text_value(key: str, text: str) -> object:
         if low in _FALSE:
             return False
         raise ValueError("expected a boolean: true/false, 1/0, yes/no or on/off")
+    # int() and float() also take other scripts' digits and "1_000"; only ASCII
+    # digits are a number here, and "nan"/"inf" are refused by the model.
     if kind is int:
+        if not re.fullmatch(r"[+-]?[0-9]+", stripped):
+            raise ValueError("expected a whole number")
         try:
             return int(stripped)
-        except ValueError:
+        except ValueError:  # past Python's 4300-digit limit
             raise ValueError("expected a whole number") from None
     if kind is float:
         try:
+            if not stripped.isascii() or "_" in stripped:
+                raise ValueError
             return float(stripped)
         except ValueError:
             raise ValueError("expected a number") from None
@@ -251,6 +335,10 @@ def file_layer(path: Path) -> Layer | None:
         return None
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte {e.start})"
+        ) from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
@@ -258,6 +346,8 @@ def file_layer(path: Path) -> Layer | None:
             f"config file {path} is not valid JSON: {e.msg} "
             f"(line {e.lineno}, column {e.colno})"
         ) from e
+    except (ValueError, RecursionError) as e:  # too deep, a number too long
+        raise ConfigError(f"config file {path} is not valid JSON: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(
             f"config file {path} must hold a JSON object, not {_kind(data)}"
@@ -404,11 +494,18 @@ def _allowed(item: Any) -> str:
 
 
 def _bad_value(source: str, key: str, value: object, allowed: str) -> str:
+    return f"{source}: invalid value {shown(value)} for {key!r}: {allowed}"
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """``value`` as JSON for a message, cut to about ``limit`` characters."""
     try:
-        shown = json.dumps(value)
+        text = json.dumps(value)  # ASCII: control characters come out escaped
     except (TypeError, ValueError):
-        shown = repr(value)
-    return f"{source}: invalid value {shown} for {key!r}: {allowed}"
+        text = ascii(value)
+    if len(text) > limit:
+        text = f"{text[:limit]}… ({len(text)} characters)"
+    return text
 
 
 def _suggest(key: str, known: Iterable[str]) -> str:

@@ -439,7 +439,7 @@ def test_main_bad_config_is_an_error(
     os_env: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("QWEN_REFRESH_WINDOW_SECONDS", "soon")
-    assert main(["accounts"]) == 1
+    assert main(["accounts"]) == 2
     assert "QWEN_REFRESH_WINDOW_SECONDS" in capsys.readouterr().err
 
 

@@ -88,10 +88,26 @@ class TestOptions:
 
     async def test_a_bad_value_is_an_options_error(self, addon: QwenAddon) -> None:
         with taddons.context(addon) as tctx:  # type: ignore[no-untyped-call]
+            tctx.configure(addon, qwen_quiet_mode="false")  # started
             with pytest.raises(exceptions.OptionsError, match="rotation_strategy"):
                 tctx.configure(addon, qwen_rotation_strategy="bogus")
             with pytest.raises(exceptions.OptionsError, match="expected a number"):
                 tctx.configure(addon, qwen_timeouts_connect_seconds="soon")
+
+    async def test_a_bad_value_at_startup_is_one_error_line_and_no_service(
+        self, addon: QwenAddon, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        with taddons.context(addon) as tctx:  # type: ignore[no-untyped-call]
+            tctx.configure(addon, qwen_rotation_strategy="bogus")
+        [record] = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert "rotation_strategy" in record.getMessage()
+        assert record.exc_info is None
+        f = _flow(body=b'{"model":"m","input":"hi"}')
+        addon.relay_port = 1
+        await addon.request(f)  # refused, not served with the defaults
+        assert f.response is not None
+        assert f.response.status_code == 502
+        assert f.request.headers["authorization"] == "Bearer dummy"
 
 
 class TestScope:
@@ -370,11 +386,10 @@ class TestLogging:
         self, addon: QwenAddon, tmp_path: Path
     ) -> None:
         bad = str(tmp_path / "no" / "x.log")
-        with (
-            taddons.context(addon) as tctx,  # type: ignore[no-untyped-call]
-            pytest.raises(exceptions.OptionsError, match="cannot open log_file"),
-        ):
-            tctx.configure(addon, qwen_log_file=bad)
+        with taddons.context(addon) as tctx:  # type: ignore[no-untyped-call]
+            tctx.configure(addon, qwen_quiet_mode="false")  # started
+            with pytest.raises(exceptions.OptionsError, match="cannot open log_file"):
+                tctx.configure(addon, qwen_log_file=bad)
 
     async def test_reload_keeps_the_config_when_the_file_is_bad(
         self, running: QwenAddon, caplog: pytest.LogCaptureFixture

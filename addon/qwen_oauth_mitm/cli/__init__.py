@@ -18,7 +18,7 @@ from typing import TextIO
 
 from qwen_oauth_mitm import __version__, redact
 from qwen_oauth_mitm.cli.common import Env
-from qwen_oauth_mitm.errors import QwenError
+from qwen_oauth_mitm.errors import ConfigError, QwenError
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -214,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
             sys.stderr.write(redact.redact(traceback.format_exc()))
         message = redact.redact(str(e)).strip().replace("\n", "; ")
         sys.stderr.write(f"qwen-oauth: error: {message}\n")
-        return EXIT_FAILURE
+        # A bad setting is a usage error, like a bad argument.
+        return EXIT_USAGE if isinstance(e, ConfigError) else EXIT_FAILURE
     except Exception as e:
         if debug:
             sys.stderr.write(redact.redact(traceback.format_exc()))

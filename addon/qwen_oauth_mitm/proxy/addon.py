@@ -6,6 +6,9 @@ A thin shell. Hooks:
   config layer; a bad value is an ``OptionsError`` (mitmdump exits, saying why).
 - ``running``/``done``: start and stop the relay (:mod:`.relay`), the upstream
   client, the token manager and the proactive refresh; save the tracker state.
+- ``requestheaders``: a ``POST`` to the Qwen API whose body is larger than
+  ``max_request_body_mb``, or of unknown length, is streamed instead of buffered
+  (:mod:`.bodylimit`); a too large one gets a 413.
 - ``request``: only flows to the Qwen API host(s) are touched (:mod:`.scope`).
   ``GET /v1/models`` is answered here; ``POST /v1/responses`` is translated and
   ``POST /v1/chat/completions`` kept, and both are rewritten to the relay, which
@@ -25,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import time
@@ -41,8 +43,9 @@ from qwen_oauth_mitm.errors import ConfigError
 from qwen_oauth_mitm.oauth import OAuthClient, TokenManager
 from qwen_oauth_mitm.paths import StatePaths, default_paths
 from qwen_oauth_mitm.proxy import options
+from qwen_oauth_mitm.proxy.bodylimit import MIB, BodyCollector, declared_length
 from qwen_oauth_mitm.proxy.forward import Forwarder, make_http_client
-from qwen_oauth_mitm.proxy.jobs import MODELS_BODY, Job, error_body
+from qwen_oauth_mitm.proxy.jobs import MODELS_BODY, Job, Kind, error_body
 from qwen_oauth_mitm.proxy.logs import LogSetup
 from qwen_oauth_mitm.proxy.relay import Relay, ResponseWriter
 from qwen_oauth_mitm.proxy.scope import is_intercepted
@@ -57,13 +60,16 @@ from qwen_oauth_mitm.tasks import spawn
 from qwen_oauth_mitm.translate import (
     TranslationError,
     chat_conversation_key,
+    check_chat_request,
     conversation_key,
+    parse_body,
     translate_request,
 )
 
 log = logging.getLogger("qwen_oauth_mitm.proxy")
 PROACTIVE_INTERVAL = 60.0
 FAILED_MARK = ":x:"
+API_PATHS = ("/v1/responses", "/v1/chat/completions")
 
 
 class QwenAddon:
@@ -72,8 +78,12 @@ class QwenAddon:
     def __init__(self, paths: StatePaths | None = None) -> None:
         self._paths = paths
         self.config: Config | None = None
+        self._config_error: str | None = None
+        """Why the config did not load at startup (mitmproxy then exits)."""
         self.jobs: dict[str, Job] = {}
         """Relayed flows by ``flow.id``, until their response or error hook."""
+        self._streamed: dict[str, tuple[str, BodyCollector]] = {}
+        """Flows whose body a collector takes (see ``requestheaders``): API path."""
         self.relay = Relay(self._serve_relay)
         self.relay_port: int | None = None
         self.forwarder: Forwarder | None = None
@@ -109,7 +119,17 @@ class QwenAddon:
             )
             self._logs.apply(loaded.config)
         except ConfigError as e:
-            raise exceptions.OptionsError(str(e)) from None  # type: ignore[no-untyped-call]
+            reason = str(e).replace("\n", "; ")
+            if self.config is None and self.forwarder is None:
+                # At startup an OptionsError is printed with a traceback, after
+                # which mitmproxy exits anyway (any error logged during startup
+                # ends it): one line says the same. The hooks refuse to serve
+                # with a config that never loaded (see _config).
+                self._config_error = reason
+                log.error("Qwen proxy: bad configuration: %s", reason)
+                return
+            raise exceptions.OptionsError(reason) from None  # type: ignore[no-untyped-call]
+        self._config_error = None
         for warning in loaded.warnings:
             log.warning("%s", warning)
         self.config = loaded.config
@@ -168,6 +188,8 @@ class QwenAddon:
         self._logs.close()
 
     def _config(self) -> Config:
+        if self._config_error is not None:
+            raise ConfigError(self._config_error)  # never defaults instead
         if self.config is None:  # configure always runs first under mitmproxy
             self.config = Config()
         return self.config
@@ -196,18 +218,50 @@ class QwenAddon:
 
     # --- hooks ------------------------------------------------------------------
 
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        # Only here can a body be kept from being buffered whole (see .bodylimit).
+        try:
+            if flow.response is not None or flow.error is not None:
+                return
+            cfg = self._config()
+            req = flow.request
+            path = _api_path(req)
+            if (
+                self.relay_port is None
+                or req.method != "POST"
+                or path not in API_PATHS
+                or not _intercepted(req, cfg)
+            ):
+                return
+            limit = cfg.max_request_body_mb * MIB
+            length = declared_length(req)
+            if length is not None and length <= limit:
+                return  # buffered by mitmproxy, handled in ``request``
+            collector = BodyCollector(limit, declared=length)
+            self._streamed[flow.id] = (path, collector)
+            req.stream = collector
+            self._to_relay(flow)
+            # What reaches the relay is an empty body; chunked frames it.
+            req.headers.pop("content-length", None)
+            req.headers["transfer-encoding"] = "chunked"
+        except Exception:
+            log.exception("flow %s: cannot check the request's size", flow.id)
+            self._streamed.pop(flow.id, None)
+            flow.kill()  # type: ignore[no-untyped-call]  # not on half rewritten
+
     async def request(self, flow: http.HTTPFlow) -> None:
         # Everything inside the try: should even the scope check fail, the flow
         # is answered here rather than passed on with the client's own key.
         try:
             if flow.response is not None or flow.error is not None:
                 return
+            streamed = self._streamed.pop(flow.id, None)
+            if streamed is not None:
+                self._route_streamed(flow, *streamed)
+                return
             cfg = self._config()
             req = flow.request
-            if not (
-                is_intercepted(req.host, req.port, cfg)
-                or is_intercepted(req.pretty_host, req.port, cfg)
-            ):
+            if not _intercepted(req, cfg):
                 return  # not ours: byte-for-byte, its own Authorization kept
             log.debug(
                 "flow %s: %s %s%s",
@@ -223,15 +277,12 @@ class QwenAddon:
 
     def _route(self, flow: http.HTTPFlow) -> None:
         req = flow.request
-        path = req.path.split("?", 1)[0].rstrip("/")
+        path = _api_path(req)
         if req.method == "GET" and path == "/v1/models":
             self._reply(flow, 200, MODELS_BODY, failed=False)
             flow.comment = "qwen · models (answered by the proxy)"
             return
-        if req.method != "POST" or path not in (
-            "/v1/responses",
-            "/v1/chat/completions",
-        ):
+        if req.method != "POST" or path not in API_PATHS:
             message = f"{req.method} {path} is not served by the Qwen proxy."
             body = error_body(
                 message, code="not_found", error_type="invalid_request_error"
@@ -239,25 +290,47 @@ class QwenAddon:
             self._reply(flow, 404, body)
             return
         try:
-            body = json.loads(req.get_content(strict=False) or b"")
-        except ValueError as e:
-            message = f"The request body is not valid JSON: {e}"
-            self._reply(
-                flow, 400, TranslationError(message, code="invalid_json").body_bytes()
-            )
-            return
-        try:
-            job = self._job(flow.id, path, body)
+            parsed = parse_body(req.get_content(strict=False) or b"")
+            job = self._job(flow.id, path, parsed)
         except TranslationError as e:
             self._reply(flow, e.status, e.body_bytes())
             return
         if self.relay_port is None:
             self._reply(flow, 503, error_body("The Qwen proxy is not running yet."))
             return
-        self.jobs[flow.id] = job
-        flow.metadata["qwen"] = {"kind": job.kind, "stream": job.stream}
-        if job.kind == "responses":
-            flow.metadata["qwen"]["responses_request"] = body
+        self._to_relay(flow)
+        # The job carries the parsed body and the relay ignores the raw one:
+        # sending it on would only copy it twice more (socket buffers, relay).
+        req.content = b""
+        self._accept(flow, job, parsed)
+
+    def _route_streamed(
+        self, flow: http.HTTPFlow, path: str, collector: BodyCollector
+    ) -> None:
+        """A flow ``requestheaders`` sent to the relay: a job, or a refusal."""
+        if collector.too_large:
+            limit = self._config().max_request_body_mb
+            error = TranslationError(
+                f"The request body is larger than this proxy's limit of {limit} MiB "
+                "(qwen_max_request_body_mb).",
+                code="request_too_large",
+                status=413,
+            )
+            self.jobs[flow.id] = _refused(flow.id, path, error)
+            self._mark_refused(flow, error.status)
+            return
+        try:
+            body = parse_body(collector.body())
+            job = self._job(flow.id, path, body)
+        except TranslationError as e:
+            self.jobs[flow.id] = _refused(flow.id, path, e)
+            self._mark_refused(flow, e.status)
+            return
+        self._accept(flow, job, body)
+
+    def _to_relay(self, flow: http.HTTPFlow) -> None:
+        req = flow.request
+        assert self.relay_port is not None
         # Scheme first: the host/port setters then write a matching Host header.
         req.scheme = "http"
         req.host = "127.0.0.1"
@@ -265,13 +338,19 @@ class QwenAddon:
         req.path = f"/{flow.id}"
         for name in ("authorization", "cookie", "proxy-authorization"):
             req.headers.pop(name, None)
+
+    def _accept(self, flow: http.HTTPFlow, job: Job, body: object) -> None:
+        self.jobs[flow.id] = job
+        flow.metadata["qwen"] = {"kind": job.kind, "stream": job.stream}
+        if job.kind == "responses":
+            flow.metadata["qwen"]["responses_request"] = body
         flow.comment = f"qwen · {job.kind} · relayed"
         log.debug(
             "flow %s: %s request (stream=%s) relayed to %s",
             flow.id,
             job.kind,
             job.stream,
-            req.url,
+            flow.request.url,
         )
 
     def _job(self, flow_id: str, path: str, body: object) -> Job:
@@ -285,15 +364,14 @@ class QwenAddon:
                 conversation_key(body),
                 translated.stream,
             )
-        if not isinstance(body, dict):
-            raise TranslationError("The request body must be a JSON object.")
+        chat = check_chat_request(body)
         return Job(
             flow_id,
             "chat",
-            body,
+            chat,
             None,
-            chat_conversation_key(body),
-            bool(body.get("stream")),
+            chat_conversation_key(chat),
+            bool(chat.get("stream")),
         )
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
@@ -328,6 +406,7 @@ class QwenAddon:
 
     def error(self, flow: http.HTTPFlow) -> None:
         try:
+            self._streamed.pop(flow.id, None)  # the client left mid-upload
             job = self.jobs.pop(flow.id, None)
             if job is None:
                 return
@@ -344,9 +423,12 @@ class QwenAddon:
             status, body, {"Content-Type": "application/json"}
         )
         if failed:
-            flow.marked = FAILED_MARK
-            flow.comment = f"qwen · answered {status} by the proxy"
-            log.warning("flow %s: answered %d by the proxy", flow.id, status)
+            self._mark_refused(flow, status)
+
+    def _mark_refused(self, flow: http.HTTPFlow, status: int) -> None:
+        flow.marked = FAILED_MARK
+        flow.comment = f"qwen · answered {status} by the proxy"
+        log.warning("flow %s: answered %d by the proxy", flow.id, status)
 
     # --- the relay ----------------------------------------------------------------
 
@@ -356,6 +438,9 @@ class QwenAddon:
             await out.answer(404, error_body("Unknown relay request."))
             return
         job.taken = True
+        if job.refusal is not None:
+            await out.answer(*job.refusal)
+            return
         await self.forwarder.serve(job, out)
 
     # --- commands -----------------------------------------------------------------
@@ -394,3 +479,23 @@ class QwenAddon:
             )
         except Exception:
             log.exception("cannot list the accounts")
+
+
+def _api_path(req: http.Request) -> str:
+    return req.path.split("?", 1)[0].rstrip("/")
+
+
+def _intercepted(req: http.Request, cfg: Config) -> bool:
+    return is_intercepted(req.host, req.port, cfg) or is_intercepted(
+        req.pretty_host, req.port, cfg
+    )
+
+
+def _refused(flow_id: str, path: str, error: TranslationError) -> Job:
+    """A job the relay answers at once with ``error`` (see ``Job.refusal``)."""
+    kind: Kind = "responses" if path == "/v1/responses" else "chat"
+    job = Job(
+        flow_id, kind, {}, None, None, False, refusal=(error.status, error.body_bytes())
+    )
+    job.status, job.failed, job.error = error.status, True, error.message
+    return job

@@ -48,6 +48,9 @@ class Job:
     failed: bool = False
     error: str | None = None
     """Why the client got an error (never a token)."""
+    refusal: tuple[int, bytes] | None = None
+    """Status and body the relay answers at once, upstream untouched: a request
+    whose body was streamed (too large, or of unknown length) and is refused."""
 
     def comment(self) -> str:
         """The mitmweb comment, e.g. ``qwen · acct work · responses→chat ·

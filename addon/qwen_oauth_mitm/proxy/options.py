@@ -75,6 +75,8 @@ HELP: Mapping[str, str] = {
     "streamed answer.",
     "timeouts.refresh_seconds": "Seconds a token refresh may take.",
     "log_file": "Also write the (redacted) log to this file.",
+    "max_request_body_mb": "Largest request body (MiB) the proxy takes for the "
+    "portal; a larger one is answered 413 without being buffered.",
 }
 
 

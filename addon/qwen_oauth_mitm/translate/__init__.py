@@ -1,5 +1,6 @@
 """Responses API ⇄ Chat Completions translation (pure: no I/O, no clock, no mitmproxy).
 
+- ``parse_body`` / ``check_chat_request`` — request bytes → JSON, chat checks (400s);
 - ``translate_request`` — a ``POST /v1/responses`` body → a chat body (or a 400);
 - ``translate_response`` — a ``chat.completion`` → a ``response`` object;
 - ``StreamTranslator`` — chat chunks (SSE bytes) → Responses SSE events;
@@ -7,6 +8,7 @@
 """
 
 from qwen_oauth_mitm.translate.affinity import chat_conversation_key, conversation_key
+from qwen_oauth_mitm.translate.body import MAX_DEPTH, check_chat_request, parse_body
 from qwen_oauth_mitm.translate.errors import (
     TranslationError,
     upstream_error_body,
@@ -22,6 +24,7 @@ from qwen_oauth_mitm.translate.response import translate_response
 from qwen_oauth_mitm.translate.stream import StreamOutcome, StreamTranslator
 
 __all__ = [
+    "MAX_DEPTH",
     "MAX_OUTPUT_TOKENS",
     "IdFactory",
     "StreamOutcome",
@@ -29,8 +32,10 @@ __all__ = [
     "TranslatedRequest",
     "TranslationError",
     "chat_conversation_key",
+    "check_chat_request",
     "conversation_key",
     "counter_ids",
+    "parse_body",
     "random_ids",
     "translate_request",
     "translate_response",
