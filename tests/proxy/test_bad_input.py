@@ -291,6 +291,27 @@ def test_the_relayed_request_carries_no_body(bare_addon: QwenAddon) -> None:
     assert bare_addon.jobs.pop(flow.id).translated is not None
 
 
+@pytest.mark.parametrize("outcome", ["response", "error"])
+def test_the_answered_flow_shows_the_clients_body(
+    bare_addon: QwenAddon, outcome: str
+) -> None:
+    """mitmweb shows the request as the client sent it, once the relay answered
+    (or the stream was cut): the very bytes, put back, not a copy."""
+    raw = json.dumps({"model": "m", "input": "hello " * 1000}).encode()
+    flow = _flow(raw)
+    _run_hooks(bare_addon, flow)
+    assert flow.request.content == b""
+    if outcome == "response":
+        flow.response = tutils.tresp(content=b"{}")
+        bare_addon.response(flow)
+    else:
+        flow.error = tflow.terr()
+        bare_addon.error(flow)
+    assert flow.request.raw_content is raw
+    assert flow.request.headers["content-length"] == str(len(raw))
+    assert flow.id not in bare_addon.jobs
+
+
 def test_memory_for_a_body_just_under_the_limit(bare_addon: QwenAddon) -> None:
     """Routing a large accepted body allocates about one parsed copy of it, not a
     copy per step (decoded text, raw bytes, job) held together."""

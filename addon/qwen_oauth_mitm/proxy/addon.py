@@ -301,6 +301,7 @@ class QwenAddon:
         self._to_relay(flow)
         # The job carries the parsed body and the relay ignores the raw one:
         # sending it on would only copy it twice more (socket buffers, relay).
+        job.client_body = req.raw_content or b""
         req.content = b""
         self._accept(flow, job, parsed)
 
@@ -319,13 +320,15 @@ class QwenAddon:
             self.jobs[flow.id] = _refused(flow.id, path, error)
             self._mark_refused(flow, error.status)
             return
+        raw = collector.body()
         try:
-            body = parse_body(collector.body())
+            body = parse_body(raw)
             job = self._job(flow.id, path, body)
         except TranslationError as e:
             self.jobs[flow.id] = _refused(flow.id, path, e)
             self._mark_refused(flow, e.status)
             return
+        job.client_body = raw
         self._accept(flow, job, body)
 
     def _to_relay(self, flow: http.HTTPFlow) -> None:
@@ -389,6 +392,7 @@ class QwenAddon:
             job = self.jobs.pop(flow.id, None)
             if job is None:
                 return
+            _show_client_body(flow, job)
             flow.comment = job.comment()
             if job.failed:
                 flow.marked = FAILED_MARK
@@ -410,6 +414,7 @@ class QwenAddon:
             job = self.jobs.pop(flow.id, None)
             if job is None:
                 return
+            _show_client_body(flow, job)
             flow.comment = job.comment() + " · stream cut"
             flow.marked = FAILED_MARK
             log.debug("flow %s: cut; %d relayed flows open", flow.id, len(self.jobs))
@@ -499,3 +504,12 @@ def _refused(flow_id: str, path: str, error: TranslationError) -> Job:
     )
     job.status, job.failed, job.error = error.status, True, error.message
     return job
+
+
+def _show_client_body(flow: http.HTTPFlow, job: Job) -> None:
+    """Put the client's body back on the answered flow, for mitmweb to show."""
+    if job.client_body:
+        flow.request.raw_content = bytes(job.client_body)  # bytes: the same object
+        if "transfer-encoding" not in flow.request.headers:
+            flow.request.headers["content-length"] = str(len(job.client_body))
+        job.client_body = b""

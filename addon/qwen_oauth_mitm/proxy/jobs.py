@@ -51,6 +51,10 @@ class Job:
     refusal: tuple[int, bytes] | None = None
     """Status and body the relay answers at once, upstream untouched: a request
     whose body was streamed (too large, or of unknown length) and is refused."""
+    client_body: bytes | bytearray = b""
+    """The body as the client sent it: the relay needs none (the job carries it
+    parsed), so the flow goes without; it is put back on the flow once answered,
+    for mitmweb to show (the same bytes object, not a copy)."""
 
     def comment(self) -> str:
         """The mitmweb comment, e.g. ``qwen · acct work · responses→chat ·
