@@ -476,3 +476,20 @@ async def test_the_rotation_state_is_saved_off_the_event_loop(
     today = saved.accounts["acct_a"].today
     assert today is not None
     assert today.requests == 1
+
+
+@pytest.mark.parametrize("kind", ["responses", "chat"])
+async def test_an_upstream_error_that_quotes_the_key_never_shows_it(
+    make: Callable[..., Forwarder], kind: str
+) -> None:
+    # Some gateways echo the key they refused; the client must not get it.
+    key = "sk-live-0123456789abcdef"
+    said = {"error": {"code": "bad", "message": f"Incorrect API key: {key}"}}
+    account = _key("a", access_token=SecretStr(key))
+    fwd = make([account], lambda request: httpx.Response(400, json=said))
+    job, out = _job(), Recorder()
+    job.kind = "chat" if kind == "chat" else "responses"
+    await fwd.serve(job, out)
+    assert out.status == 400
+    assert key not in out.body.decode()
+    assert "Incorrect API key: [redacted" in out.json()["error"]["message"]

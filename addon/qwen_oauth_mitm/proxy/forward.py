@@ -545,6 +545,9 @@ class Forwarder:
     async def _upstream_error(
         self, job: Job, out: ResponseWriter, status: int, body: bytes
     ) -> None:
+        # An error may quote the key it was sent ("Incorrect API key provided:
+        # sk-..."); the client, and the flow mitmproxy keeps, must never see it.
+        body = redact.redact(body.decode("utf-8", "replace")).encode()
         if job.kind == "responses":
             payload = json.dumps(upstream_error_body(status, body)).encode()
         else:
