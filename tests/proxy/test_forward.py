@@ -493,3 +493,20 @@ async def test_an_upstream_error_that_quotes_the_key_never_shows_it(
     assert out.status == 400
     assert key not in out.body.decode()
     assert "Incorrect API key: [redacted" in out.json()["error"]["message"]
+
+
+async def test_a_rate_limit_that_quotes_the_key_keeps_it_out_of_the_saved_state(
+    make: Callable[..., Forwarder],
+) -> None:
+    key = "sk-live-0123456789abcdef"
+    said = {"error": {"code": "Throttling", "message": f"slow down, {key}"}}
+    account = _key("a", access_token=SecretStr(key))
+    answer = httpx.Response(429, json=said)
+    fwd = make([account], lambda request: answer, max_rate_limit_wait_seconds=1)
+    out = Recorder()
+    await fwd.serve(_job(), out)
+    assert out.status == 429
+    cooldown = fwd.rotation.snapshot().accounts["acct_a"].cooldown
+    assert cooldown is not None
+    assert "slow down, [redacted" in (cooldown.detail or "")
+    assert key not in fwd.rotation.snapshot().model_dump_json()

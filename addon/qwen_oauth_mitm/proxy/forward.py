@@ -382,6 +382,7 @@ class Forwarder:
         body: bytes,
     ) -> Step:
         account, cfg, now = pick.account, self.config, self.clock()
+        body = _redacted(body)  # its words reach logs and the saved cooldown detail
         job.attempts.append(Attempt(account.label, str(response.status_code)))
         verdict = classify_error(
             response.status_code,
@@ -545,9 +546,7 @@ class Forwarder:
     async def _upstream_error(
         self, job: Job, out: ResponseWriter, status: int, body: bytes
     ) -> None:
-        # An error may quote the key it was sent ("Incorrect API key provided:
-        # sk-..."); the client, and the flow mitmproxy keeps, must never see it.
-        body = redact.redact(body.decode("utf-8", "replace")).encode()
+        body = _redacted(body)  # the client and the flow mitmproxy keeps
         if job.kind == "responses":
             payload = json.dumps(upstream_error_body(status, body)).encode()
         else:
@@ -568,6 +567,12 @@ class Forwarder:
         job.failed, job.error, job.status = True, message, status
         if not out.started:
             await out.answer(status, body or error_body(message))
+
+
+def _redacted(body: bytes) -> bytes:
+    """An upstream error body without the secrets it may quote: some gateways
+    echo the key they refused ("Incorrect API key provided: sk-...")."""
+    return redact.redact(body.decode("utf-8", "replace")).encode()
 
 
 def _why(error: Exception, gap: float) -> str:
