@@ -6,18 +6,21 @@ an API key (``add-key``), a refresh from the CLI that rotates the refresh token,
 and through ``mitmdump`` a 401 answered by a refresh and a retry, a 429 and a 500
 failing over, streamed and whole answers, and requests refused by the proxy. All
 at the highest verbosity: ``QWEN_DEBUG=1``, ``qwen_debug``,
-``termlog_verbosity=debug``, a ``log_file``, flows saved with ``-w``.
+``termlog_verbosity=debug``, ``flow_detail=4`` (mitmdump prints every flow whole),
+a ``log_file``, flows saved with ``-w``. The stand-in quotes the key it was sent
+in each error it answers, as some gateways do.
 
 Then everything readable is searched for every secret, taken from the fake OAuth
 server's and the stand-in portal's own records: mitmdump's stdout and stderr, the
-log file, every CLI command's output (errors included), the flows file (raw, and
-each flow's comment, mark and metadata read back with mitmproxy's ``FlowReader``)
-and every answer the client got.
+log file, the saved rotation state, every CLI command's output (errors included),
+the flows file (raw, and each flow's comment, mark, metadata, request and answer
+read back with mitmproxy's ``FlowReader``) and every answer the client got.
 
-The flows file holds each Qwen flow as mitmproxy saw it after the addon's
-``request`` hook: rewritten to the relay, with the client's own ``Authorization``
-(its placeholder key), cookies and ``Proxy-Authorization`` removed. So not even the
-client's placeholder key is in it; it never reaches the portal either.
+The client's own placeholder key is not a secret of ours, but it must never reach
+the portal. Relayed flows lose it (with cookies and ``Proxy-Authorization``) in
+the addon's ``request`` hook, so it is in none of them. Flows the proxy answers
+itself (models, a 404, a 400) keep the client's request as it came, as mitmproxy
+records and prints any flow it sees: there, and only there, it shows.
 """
 
 from __future__ import annotations
@@ -225,6 +228,7 @@ def test_no_secret_in_anything_a_full_run_writes(
         "--set", "qwen_rotation_strategy=sequential",  # work, home, plan in turn
         "--set", "qwen_max_rate_limit_wait_seconds=1",
         "--set", "store_streamed_bodies=true",
+        "--set", "flow_detail=4",  # mitmdump prints every flow, headers and bodies
     ]  # fmt: skip
     with (
         run_mitmdump(
@@ -288,4 +292,6 @@ def test_no_secret_in_anything_a_full_run_writes(
     }
     assert len(answered_here) == 3
     where = {w.split(" ", 1)[1] for w, _ in seen.leaks({DUMMY})}
-    assert where == answered_here | {"flows file (raw)"}
+    assert where == answered_here | {"flows file (raw)", "mitmdump stdout"}
+    # In mitmdump's own print of those three flows (flow_detail=4), nowhere else.
+    assert proxy.output().count(DUMMY) == len(answered_here)
