@@ -73,6 +73,7 @@ def test_the_cli_creates_a_private_folder_and_files(tmp_path: Path) -> None:
     assert mode(folder / "qwen-auth-accounts.json") == 0o600
 
 
+@pytest.mark.slow
 def test_the_proxy_writes_private_files_and_tightens_its_log_file(
     tmp_path: Path, fake: FakeQwenOAuth, portal: FakePortal, paths: StatePaths
 ) -> None:

@@ -35,7 +35,7 @@ from qwen_oauth_mitm.portal import FakePortal
 
 from .origin import Origin, self_signed_tls
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(60)]
 
 CLIENT_KEY = "client-own-key-0123456789abcdef"
 BODY = b'{"model":"coder-model","input":"hi","stream":true}'
