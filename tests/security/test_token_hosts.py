@@ -81,7 +81,9 @@ def test_login_refuses_tokens_for_another_host(
     assert evil.connections() == []
 
 
-def test_a_refresh_answer_for_another_host_is_refused_and_the_request_fails_over(
+@pytest.mark.parametrize("spare", [True, False])
+def test_a_refresh_answer_for_another_host_is_refused_and_the_client_told(
+    spare: bool,
     tmp_path: Path,
     fake: FakeQwenOAuth,
     portal: FakePortal,
@@ -89,25 +91,36 @@ def test_a_refresh_answer_for_another_host_is_refused_and_the_request_fails_over
     evil: EvilListener,
 ) -> None:
     work = oauth_account(fake, "work", expires_in=-60)  # must refresh first
-    spare = oauth_account(fake, "spare")
-    write_accounts(paths, [work, spare])
-    fake.resource_url = f"127.0.0.1:{evil.port}"
+    others = [oauth_account(fake, "spare")] if spare else []
+    write_accounts(paths, [work, *others])
+    named = f"127.0.0.1:{evil.port}"
+    fake.resource_url = named
     options = ["--set", "qwen_rotation_strategy=sequential"]  # work, then spare
-    with run_mitmdump(tmp_path, fake, portal, options) as proxy:
-        with proxy.client() as client:
-            answer = client.responses.create(model="coder-model", input="hi")
-        assert answer.output_text == portal.text
+    with run_mitmdump(tmp_path, fake, portal, options) as proxy, proxy.http() as http:
+        r = http.post(
+            "https://portal.qwen.ai/v1/responses",
+            json={"model": "coder-model", "input": "hi"},
+        )
     assert evil.connections() == []
     assert fake.counts["refresh"] == 1
-    assert [r.token for r in portal.requests] == [token_of(spare)]
+    if spare:  # served by the account that has a valid token
+        assert r.status_code == 200
+        assert [q.token for q in portal.requests] == [token_of(others[0])]
+    else:  # told why, with the host it refused
+        assert r.status_code == 502
+        message = r.json()["error"]["message"]
+        assert f"account 'work' has no usable token: refused tokens for {named!r}" in (
+            message
+        )
+        assert portal.requests == []
     log = proxy.output()
-    assert f"refused tokens for '127.0.0.1:{evil.port}'" in log
+    assert f"refused tokens for {named!r}" in log
     stored = accounts_file(paths.accounts).read().get("acct_work")
     assert stored is not None
     assert stored.resource_url == "portal.qwen.ai"  # nothing of the answer kept
     assert stored.access_token == work.access_token
     assert not stored.needs_relogin  # refused, not dead: retried later
-    _no_token_in(fake, log)
+    _no_token_in(fake, log, r.text)
 
 
 @pytest.mark.parametrize(

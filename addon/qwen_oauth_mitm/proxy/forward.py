@@ -448,6 +448,9 @@ class Forwarder:
         except (QwenError, OSError) as e:
             log.warning("account %s: no token: %s", account.label, e)
             outcome = "refresh failed"
+            # What the client is told if no other account serves it.
+            why = f"account {account.label!r} has no usable token: {e}"
+            st.last = (502, error_body(redact.redact(why)))
         self._skip(job, pick, st, outcome)
         return None
 
