@@ -510,3 +510,18 @@ async def test_a_rate_limit_that_quotes_the_key_keeps_it_out_of_the_saved_state(
     assert cooldown is not None
     assert "slow down, [redacted" in (cooldown.detail or "")
     assert key not in fwd.rotation.snapshot().model_dump_json()
+
+
+async def test_a_200_with_an_error_object_that_quotes_the_key_never_shows_it(
+    make: Callable[..., Forwarder],
+) -> None:
+    key = "sk-live-0123456789abcdef"
+    said = {"error": {"code": "bad", "message": f"Incorrect API key: {key}"}}
+    account = _key("a", access_token=SecretStr(key))
+    fwd = make([account], lambda request: httpx.Response(200, json=said))
+    job, out = _job(), Recorder()
+    await fwd.serve(job, out)
+    assert out.status == 502
+    assert key not in out.body.decode()
+    assert key not in (job.error or "")  # the flow comment
+    assert "Incorrect API key: [redacted" in out.json()["error"]["message"]

@@ -567,9 +567,10 @@ class Forwarder:
         message: str,
         body: bytes | None = None,
     ) -> None:
+        message = redact.redact(message)  # it may quote an upstream's error object
         job.failed, job.error, job.status = True, message, status
         if not out.started:
-            await out.answer(status, body or error_body(message))
+            await out.answer(status, _redacted(body) if body else error_body(message))
 
 
 def _redacted(body: bytes) -> bytes:
