@@ -58,6 +58,14 @@ def test_files_are_0600_and_a_created_folder_0700(tmp_path: Path) -> None:
 
 
 @posix_only
+def test_the_lock_file_is_0600(tmp_path: Path) -> None:
+    # filelock's default is 0644 (less the umask), whatever the file it guards.
+    path = tmp_path / "new" / "qwen-auth-accounts.json"
+    accounts_file(path).update(lambda f: f.put(account("a")))
+    assert mode(path.with_name(path.name + ".lock")) == 0o600
+
+
+@posix_only
 def test_temp_file_is_private_from_its_first_byte(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

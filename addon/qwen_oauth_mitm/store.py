@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 CorruptPolicy = Literal["raise", "quarantine"]
 DEFAULT_LOCK_TIMEOUT = 10.0
+LOCK_FILE_MODE = 0o600
+"""filelock creates lock files 0644 by default; ours are as private as the file."""
 
 
 def ensure_private_dir(folder: Path) -> None:
@@ -118,7 +120,10 @@ class JsonStateFile[M: BaseModel]:
         # process (thread_local=False, so an async caller may release it from another
         # thread), so threads of this process are kept apart by the RLock as well.
         self._lock = filelock.FileLock(
-            str(path) + ".lock", timeout=lock_timeout, thread_local=False
+            str(path) + ".lock",
+            timeout=lock_timeout,
+            mode=LOCK_FILE_MODE,
+            thread_local=False,
         )
         self._thread_lock = threading.RLock()
 

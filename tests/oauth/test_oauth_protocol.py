@@ -14,6 +14,7 @@ from qwen_oauth_mitm.oauth import protocol as p
 from qwen_oauth_mitm.oauth.errors import (
     AccessDenied,
     DeviceCodeExpired,
+    ForeignResourceUrl,
     NeedsRelogin,
     NotJsonError,
     OAuthServerError,
@@ -269,16 +270,79 @@ def test_identity_from(data: dict[str, Any], identity: str | None) -> None:
     assert p.identity_from(data) == identity
 
 
+# --- resource_url: where a token may be used -----------------------------------------
+
+FOREIGN_RESOURCE_URLS = [
+    "evil.example",
+    "portal.qwen.ai.evil.example",
+    "user@portal.qwen.ai",
+    "portal.qwen.ai@evil.example",
+    "https://portal.qwen.ai@evil.example/v1",
+    "https://portal.qwen.ai:443@evil.example",
+    "127.0.0.1",
+    "127.0.0.1:8080",
+    "http://127.0.0.1:8080/v1",
+    "[::1]",
+    "https://[::1]:8443/v1",
+    "0x7f000001",
+    "http://portal.qwen.ai",
+    "ftp://portal.qwen.ai",
+    "//portal.qwen.ai",
+    "portal.qwen.ai\\@evil.example",
+    "portal.qwen.ai%2eevil.example",
+    "portal%2Eqwen%2Eai",
+    "portal.qwen.ai.",
+    "portal.qwen.ai:8443",
+    "portal.qwen.ai?@evil.example",
+    "portal.qwen.ai#@evil.example",
+    "portal.qwen.ai evil.example",
+    "dashscope.aliyuncs.com.evil.example",
+    "evil-dashscope.aliyuncs.com",
+    "portal.qwen.ai\n.evil.example",
+]
+
+
 @pytest.mark.parametrize(
-    ("resource", "base"),
-    [
-        ("portal.qwen.ai", "https://portal.qwen.ai/v1"),
-        ("https://portal.qwen.ai/", "https://portal.qwen.ai/v1"),
-        ("http://127.0.0.1:8080/v1", "http://127.0.0.1:8080/v1"),
-    ],
-)
-def test_api_base_from_resource_url(resource: str, base: str) -> None:
-    assert p.api_base_from_resource_url(resource) == base
+    "resource",
+    ["portal.qwen.ai", "PORTAL.qwen.ai", "https://portal.qwen.ai/", " portal.qwen.ai ",
+     "https://portal.qwen.ai/v1", "dashscope.aliyuncs.com",
+     "dashscope-intl.aliyuncs.com"],
+)  # fmt: skip
+def test_a_qwen_resource_url_is_accepted(resource: str) -> None:
+    body = {"access_token": "at-secret-1", "resource_url": resource}
+    assert p.parse_refresh_answer(answer(200, body)).resource_url == resource
+
+
+@pytest.mark.parametrize("resource", FOREIGN_RESOURCE_URLS)
+def test_a_refresh_answer_for_a_foreign_host_is_refused(resource: str) -> None:
+    body = {
+        "access_token": "at-secret-12345",
+        "refresh_token": "rt-secret-12345",
+        "resource_url": resource,
+    }
+    with pytest.raises(ForeignResourceUrl) as caught:
+        p.parse_refresh_answer(answer(200, body))
+    message = str(caught.value)
+    assert repr(resource.strip()[:80]) in message  # names what it refused
+    assert "secret" not in message
+    # Not a dead refresh token: the manager retries later, never marks it dead.
+    assert not isinstance(caught.value, NeedsRelogin)
+
+
+@pytest.mark.parametrize("resource", FOREIGN_RESOURCE_URLS[:6])
+def test_a_login_answer_for_a_foreign_host_is_refused(resource: str) -> None:
+    poll = p.DevicePoll(device_auth(), started_at=0)
+    body = {"access_token": "at-secret-1", "resource_url": resource}
+    with pytest.raises(ForeignResourceUrl, match="not a Qwen or DashScope host"):
+        poll.receive(answer(200, body), 1)
+
+
+@pytest.mark.parametrize("resource", [None, "", 42, {"host": "evil.example"}])
+def test_a_missing_or_non_text_resource_url_is_ignored(resource: object) -> None:
+    tokens = p.parse_refresh_answer(
+        answer(200, {"access_token": "at", "resource_url": resource})
+    )
+    assert tokens.resource_url is None
 
 
 # --- the poll state machine ----------------------------------------------------------

@@ -280,6 +280,34 @@ async def test_a_server_error_with_an_expired_token_raises(
     assert not store.read().accounts[0].needs_relogin
 
 
+async def test_a_refresh_answer_for_a_foreign_host_is_kept_nowhere(
+    store: Store, fake: FakeQwenOAuth, client: OAuthClient
+) -> None:
+    (acct,) = seed(store, fake, ("a", 60))  # expiring but still valid
+    before = fake.issued[:]
+    fake.resource_url = "portal.qwen.ai.evil.example"
+    token = await manager(store, client).access_token(acct.id)
+    assert fake.counts["refresh"] == 1
+    assert token == secret(acct, "access_token")  # the refused ones are not used
+    on_disk = store.read().accounts[0]
+    assert on_disk.resource_url == acct.resource_url
+    assert secret(on_disk, "access_token") == token
+    assert not on_disk.needs_relogin  # refused, not dead: retried after a back-off
+    assert [t for t in fake.issued if t not in before]  # the server did answer
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+async def test_the_refresh_lock_file_is_0600(
+    store: Store, fake: FakeQwenOAuth, client: OAuthClient
+) -> None:
+    (acct,) = seed(store, fake, ("a", -10))
+    lock = store.path.with_name(store.path.name + ".lock")
+    lock.unlink()  # the store's own lock made it; this one is the manager's
+    await manager(store, client).access_token(acct.id)
+    assert fake.counts["refresh"] == 1
+    assert lock.stat().st_mode & 0o777 == 0o600
+
+
 def _fail_once_after_the_refresh(
     monkeypatch: pytest.MonkeyPatch, client: OAuthClient, store: Store, how: str
 ) -> list[str]:

@@ -105,7 +105,7 @@ def write_accounts(paths: StatePaths, accounts: Sequence[Account]) -> None:
 def run_mitmdump(
     tmp: Path,
     fake: FakeQwenOAuth,
-    portal: FakePortal,
+    portal: FakePortal | None,
     options: Sequence[str] = (),
     *,
     wait: bool = True,
@@ -114,7 +114,8 @@ def run_mitmdump(
 ) -> Iterator[Proxy]:
     """mitmdump with the addon; its stdout (and stderr, unless ``stderr_apart``:
     then ``<tmp>/mitmdump.err``) in ``<tmp>/mitmdump.log``. Terminal log at debug
-    unless ``options`` set ``termlog_verbosity``."""
+    unless ``options`` set ``termlog_verbosity``. ``portal`` None: no ``base_url``
+    (each account's own API host, as in production)."""
     confdir = tmp / "mitm"
     confdir.mkdir(exist_ok=True)
     log = tmp / "mitmdump.log"
@@ -127,9 +128,10 @@ def run_mitmdump(
     environ.update(
         XDG_CONFIG_HOME=str(tmp / "config"),
         QWEN_OAUTH_BASE_URL=fake.url,
-        QWEN_API_BASE_URL=portal.url,
         PYTHONUNBUFFERED="1",  # the log is read while mitmdump runs
     )
+    if portal is not None:
+        environ["QWEN_API_BASE_URL"] = portal.url
     args = [
         str(MITMDUMP),
         "--listen-host", "127.0.0.1",

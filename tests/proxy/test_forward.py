@@ -548,3 +548,52 @@ async def test_a_client_hang_up_mid_stream_leaves_no_task_and_closes_upstream(
             await relay.stop()
             await http.aclose()
             await oauth.aclose()
+
+
+@pytest.mark.parametrize("kind", ["responses", "chat"])
+async def test_an_upstream_error_that_quotes_the_key_never_shows_it(
+    make: Callable[..., Forwarder], kind: str
+) -> None:
+    # Some gateways echo the key they refused; the client must not get it.
+    key = "sk-live-0123456789abcdef"
+    said = {"error": {"code": "bad", "message": f"Incorrect API key: {key}"}}
+    account = _key("a", access_token=SecretStr(key))
+    fwd = make([account], lambda request: httpx.Response(400, json=said))
+    job, out = _job(), Recorder()
+    job.kind = "chat" if kind == "chat" else "responses"
+    await fwd.serve(job, out)
+    assert out.status == 400
+    assert key not in out.body.decode()
+    assert "Incorrect API key: [redacted" in out.json()["error"]["message"]
+
+
+async def test_a_rate_limit_that_quotes_the_key_keeps_it_out_of_the_saved_state(
+    make: Callable[..., Forwarder],
+) -> None:
+    key = "sk-live-0123456789abcdef"
+    said = {"error": {"code": "Throttling", "message": f"slow down, {key}"}}
+    account = _key("a", access_token=SecretStr(key))
+    answer = httpx.Response(429, json=said)
+    fwd = make([account], lambda request: answer, max_rate_limit_wait_seconds=1)
+    out = Recorder()
+    await fwd.serve(_job(), out)
+    assert out.status == 429
+    cooldown = fwd.rotation.snapshot().accounts["acct_a"].cooldown
+    assert cooldown is not None
+    assert "slow down, [redacted" in (cooldown.detail or "")
+    assert key not in fwd.rotation.snapshot().model_dump_json()
+
+
+async def test_a_200_with_an_error_object_that_quotes_the_key_never_shows_it(
+    make: Callable[..., Forwarder],
+) -> None:
+    key = "sk-live-0123456789abcdef"
+    said = {"error": {"code": "bad", "message": f"Incorrect API key: {key}"}}
+    account = _key("a", access_token=SecretStr(key))
+    fwd = make([account], lambda request: httpx.Response(200, json=said))
+    job, out = _job(), Recorder()
+    await fwd.serve(job, out)
+    assert out.status == 502
+    assert key not in out.body.decode()
+    assert key not in (job.error or "")  # the flow comment
+    assert "Incorrect API key: [redacted" in out.json()["error"]["message"]

@@ -65,6 +65,18 @@ def test_api_base_of_an_account(fields: dict[str, str], expected: str) -> None:
         {"resource_url": "user@portal.qwen.ai"},
         {"resource_url": "10.0.0.1"},
         {"resource_url": "portal.qwen.ai:8443/x"},
+        {"resource_url": "portal.qwen.ai@evil.example"},
+        {"resource_url": "127.0.0.1:8080"},
+        {"resource_url": "[::1]"},
+        {"resource_url": "http://portal.qwen.ai"},
+        {"resource_url": "portal.qwen.ai\\@evil.example"},
+        {"resource_url": "portal.qwen.ai%2eevil.example"},
+        {"resource_url": "portal.qwen.ai."},
+        {"base_url": "https://evil.example\\@portal.qwen.ai/v1"},
+        {"base_url": "https://portal.qwen.ai:443@evil.example/v1"},
+        {"base_url": "https://portal.qwen.ai./v1"},
+        {"base_url": "https://[::1]/v1"},
+        {"base_url": "https://127.0.0.1:8123/v1"},
         {"base_url": "https://user@portal.qwen.ai/v1"},
         {"base_url": "http://portal.qwen.ai/v1"},
         {"base_url": "https://evil.aliyuncs.com/v1"},
@@ -79,3 +91,18 @@ def test_the_configured_base_url_wins_and_is_allowed() -> None:
     cfg = Config(base_url="http://127.0.0.1:9/v1/")
     account = _account(resource_url="evil.example")
     assert api_base(account, cfg) == "http://127.0.0.1:9/v1"
+
+
+def test_a_configured_loopback_base_url_allows_no_other_loopback() -> None:
+    # The tests' stand-in is allowed by configuring it; an account naming another
+    # port on the same loopback address is not "the configured host".
+    cfg = Config(base_url="http://127.0.0.1:8123/v1")
+    assert not is_intercepted("127.0.0.1", 8124, cfg)
+    for fields in (
+        {"resource_url": "127.0.0.1:8124"},
+        {"base_url": "http://127.0.0.1:8124/v1"},
+    ):
+        # Every token goes to the configured base, never to the account's own host.
+        assert api_base(_account(**fields), cfg) == "http://127.0.0.1:8123/v1"
+        with pytest.raises(DisallowedHost):
+            api_base(_account(**fields), Config())

@@ -16,7 +16,12 @@ from qwen_oauth_mitm.accounts import Account, AccountsFile, new_account_id
 from qwen_oauth_mitm.cli.common import Env, find_account
 from qwen_oauth_mitm.cli.table import status_table
 from qwen_oauth_mitm.errors import AuthError, QwenError
-from qwen_oauth_mitm.oauth.errors import NeedsRelogin, relogin_command
+from qwen_oauth_mitm.oauth.errors import (
+    ForeignResourceUrl,
+    NeedsRelogin,
+    relogin_command,
+)
+from qwen_oauth_mitm.oauth.protocol import check_resource_url
 from qwen_oauth_mitm.oauth.tokens import TokenManager
 from qwen_oauth_mitm.rotation.status import format_duration
 
@@ -239,6 +244,11 @@ def import_qwen_code(env: Env, *, label: str | None, file: Path | None) -> int:
         else None
     )
     resource = data.get("resource_url")
+    if isinstance(resource, str) and resource:
+        try:
+            check_resource_url(resource)
+        except ForeignResourceUrl as e:
+            raise QwenError(f"{path}: {e}") from None
     candidate = Account(
         id=new_account_id(),
         label=label or "qwen-code",

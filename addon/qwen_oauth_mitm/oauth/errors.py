@@ -3,6 +3,7 @@
     AuthError (qwen_oauth_mitm.errors)
      +-- OAuthServerError        an answer we cannot use: unexpected status or error
      |    +-- NotJsonError       HTML (a web firewall page) or other non-JSON text
+     |    +-- ForeignResourceUrl tokens for an API host that is not Qwen's: refused
      +-- TransientAuthError      network error, timeout or 5xx: retry later
      +-- DeviceFlowError         the login did not complete
      |    +-- DeviceCodeExpired  the user did not approve in time
@@ -44,6 +45,10 @@ class OAuthServerError(AuthError):
 
 class NotJsonError(OAuthServerError):
     """The server answered HTML or other text where JSON was expected."""
+
+
+class ForeignResourceUrl(OAuthServerError):
+    """A token answer whose ``resource_url`` names a host we never send tokens to."""
 
 
 class TransientAuthError(AuthError):

@@ -11,6 +11,11 @@ grant (RFC 6749 §6), as Qwen's server speaks them (``docs: design/qwen-oauth.md
    :class:`TokenSet`, or raises (expired, denied, unusable answer).
 3. :func:`refresh_request` and :func:`parse_refresh_answer` renew a token.
 
+A token answer says where its token is to be used (``resource_url``). One that
+names a host other than ``portal.qwen.ai`` or a ``dashscope*.aliyuncs.com`` host is
+refused whole (:class:`ForeignResourceUrl`): its tokens are never stored or used,
+so they cannot be sent there (``proxy/scope.py`` checks again before each send).
+
 Requests are plain data (:class:`FormRequest`); answers come in as
 :class:`HttpAnswer`. Time is passed in as numbers.
 
@@ -26,6 +31,7 @@ import base64
 import binascii
 import hashlib
 import json
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,6 +40,7 @@ from typing import Any
 from qwen_oauth_mitm.oauth.errors import (
     AccessDenied,
     DeviceCodeExpired,
+    ForeignResourceUrl,
     NeedsRelogin,
     NotJsonError,
     OAuthServerError,
@@ -56,6 +63,15 @@ MAX_TRANSIENT_POLL_ERRORS = 5
 """Consecutive network/5xx errors while polling before the login gives up."""
 
 _SECRET_FORM_KEYS = frozenset({"refresh_token", "code_verifier", "device_code"})
+
+PORTAL_HOST = "portal.qwen.ai"
+_DASHSCOPE_HOST = re.compile(r"^dashscope(-[a-z0-9]+)?\.aliyuncs\.com$")
+# Letters, digits and inner hyphens in dot-separated labels, nothing else: no user
+# info, port, brackets, backslash, percent escape, ``?``/``#`` or trailing dot, so
+# no URL parser can read another host out of it than the one we compare.
+_HOST_NAME = re.compile(
+    r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+$"
+)
 
 
 # --- data -------------------------------------------------------------------------
@@ -342,12 +358,44 @@ def parse_device_authorization(answer: HttpAnswer) -> DeviceAuthorization:
     )
 
 
+def is_qwen_api_host(host: str) -> bool:
+    """Is ``host`` (lowercase) one Qwen serves its API from?"""
+    return host == PORTAL_HOST or _DASHSCOPE_HOST.match(host) is not None
+
+
+def resource_host(resource_url: str) -> str | None:
+    """The host a ``resource_url`` names (``portal.qwen.ai``, ``https://portal.qwen.ai``
+    or with a path), lowercase; None when it is not a plain host name (another
+    scheme, user info, a port, an IP literal in brackets, a trailing dot...)."""
+    raw = resource_url.strip().lower()
+    host = raw.removeprefix("https://").split("/", 1)[0]
+    return host if _HOST_NAME.match(host) else None
+
+
+def check_resource_url(resource_url: str, answer: HttpAnswer | None = None) -> None:
+    """Raise :class:`ForeignResourceUrl` unless ``resource_url`` names a Qwen host."""
+    host = resource_host(resource_url)
+    if host is not None and is_qwen_api_host(host):
+        return
+    shown = _short(resource_url.strip(), 80)
+    where = f" ({_where(answer)})" if answer is not None else ""
+    raise ForeignResourceUrl(
+        f"refused tokens for {shown!r}: the resource_url{where} is not a Qwen "
+        f"or DashScope host ({PORTAL_HOST}, dashscope*.aliyuncs.com), and a token "
+        "is never sent anywhere else",
+        status=answer.status if answer is not None else None,
+    )
+
+
 def parse_token_set(data: Mapping[str, Any], answer: HttpAnswer) -> TokenSet:
-    """The tokens in a successful poll or refresh answer."""
+    """The tokens in a successful poll or refresh answer; refused whole when its
+    ``resource_url`` names a host that is not Qwen's."""
     access = _required_str(data, "access_token", answer)
     refresh = data.get("refresh_token")
     token_type = data.get("token_type")
     resource = data.get("resource_url")
+    if isinstance(resource, str) and resource:
+        check_resource_url(resource, answer)
     return TokenSet(
         access_token=access,
         refresh_token=refresh if isinstance(refresh, str) and refresh else None,
@@ -407,14 +455,6 @@ def _jwt_claims(token: str) -> dict[str, Any] | None:
     except (ValueError, binascii.Error):
         return None
     return data if isinstance(data, dict) else None
-
-
-def api_base_from_resource_url(resource_url: str) -> str:
-    """``portal.qwen.ai`` -> ``https://portal.qwen.ai/v1`` (scheme, /v1 added once)."""
-    base = resource_url.strip().rstrip("/")
-    if "://" not in base:
-        base = "https://" + base
-    return base if base.endswith("/v1") else base + "/v1"
 
 
 # --- polling ----------------------------------------------------------------------

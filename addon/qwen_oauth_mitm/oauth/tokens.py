@@ -55,7 +55,12 @@ from qwen_oauth_mitm.oauth.errors import (
     relogin_command,
 )
 from qwen_oauth_mitm.oauth.protocol import TokenSet
-from qwen_oauth_mitm.store import JsonStateFile, atomic_write, ensure_private_dir
+from qwen_oauth_mitm.store import (
+    LOCK_FILE_MODE,
+    JsonStateFile,
+    atomic_write,
+    ensure_private_dir,
+)
 from qwen_oauth_mitm.tasks import spawn
 
 log = logging.getLogger(__name__)
@@ -357,7 +362,9 @@ class TokenManager:
             self._mutex = asyncio.Lock()
         async with self._mutex:
             await asyncio.to_thread(ensure_private_dir, self.store.path.parent)
-            lock = filelock.AsyncFileLock(self._lock_path, timeout=self._lock_timeout)
+            lock = filelock.AsyncFileLock(
+                self._lock_path, timeout=self._lock_timeout, mode=LOCK_FILE_MODE
+            )
             try:
                 await lock.acquire()
             except filelock.Timeout:

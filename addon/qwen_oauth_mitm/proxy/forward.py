@@ -431,7 +431,8 @@ class Forwarder:
     ) -> Step:
         """Settle an error answer (a status >= 400, or a 200 judged one)."""
         account, cfg, now = pick.account, self.config, self.clock()
-        status, body = refusal.status, refusal.body
+        # Redacted once, here: its words reach logs and the saved cooldown detail.
+        status, body = refusal.status, _redacted(refusal.body)
         job.attempts.append(Attempt(account.label, refusal.outcome))
         verdict = classify_error(
             status,
@@ -497,6 +498,9 @@ class Forwarder:
             return None
         except (QwenError, OSError) as e:
             log.warning("account %s: no token: %s", account.label, e)
+            # What the client is told if no other account serves it.
+            why = f"account {account.label!r} has no usable token: {e}"
+            st.last = (502, error_body(redact.redact(why)))
         # The OAuth server is down or slow: not the account's fault, but a failure
         # all the same, so sequential rotation moves on and repeated ones cool the
         # account down: requests stop waiting for that server on every pick. The
@@ -596,6 +600,7 @@ class Forwarder:
     async def _upstream_error(
         self, job: Job, out: ResponseWriter, status: int, body: bytes
     ) -> None:
+        body = _redacted(body)  # the client and the flow mitmproxy keeps
         if job.kind == "responses":
             payload = json.dumps(upstream_error_body(status, body)).encode()
         else:
@@ -613,9 +618,16 @@ class Forwarder:
         message: str,
         body: bytes | None = None,
     ) -> None:
+        message = redact.redact(message)  # it may quote an upstream's error object
         job.failed, job.error, job.status = True, message, status
         if not out.started:
-            await out.answer(status, body or error_body(message))
+            await out.answer(status, _redacted(body) if body else error_body(message))
+
+
+def _redacted(body: bytes) -> bytes:
+    """An upstream error body without the secrets it may quote: some gateways
+    echo the key they refused ("Incorrect API key provided: sk-...")."""
+    return redact.redact(body.decode("utf-8", "replace")).encode()
 
 
 async def _open(

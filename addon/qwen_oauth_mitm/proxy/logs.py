@@ -11,11 +11,14 @@ extra handlers redact every registered secret, like the terminal log does once
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from pathlib import Path
 
 from qwen_oauth_mitm import redact
 from qwen_oauth_mitm.config import Config
 from qwen_oauth_mitm.errors import ConfigError
+from qwen_oauth_mitm.store import tighten_permissions
 
 PACKAGE_LOGGER = logging.getLogger("qwen_oauth_mitm")
 QUIET_LIBRARIES = ("httpx", "httpcore")
@@ -46,9 +49,7 @@ class LogSetup:
             self._handlers.append(debug)
         if cfg.log_file:
             try:
-                self._handlers.append(
-                    logging.FileHandler(cfg.log_file, encoding="utf-8")
-                )
+                self._handlers.append(_private_file_handler(Path(cfg.log_file)))
             except OSError as e:
                 raise ConfigError(
                     f"cannot open log_file {cfg.log_file!r}: {e.strerror or e}"
@@ -65,3 +66,13 @@ class LogSetup:
             PACKAGE_LOGGER.removeHandler(handler)
             handler.close()
         self._handlers = []
+
+
+def _private_file_handler(path: Path) -> logging.FileHandler:
+    """A handler appending to ``path``, created 0600 (FileHandler would use the
+    umask, often 0644: the log names accounts, e-mails and requests); an existing
+    file readable by others is tightened, with a warning."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+    if path.is_file():  # not /dev/stderr or a FIFO: those are not ours to change
+        tighten_permissions(path)
+    return logging.FileHandler(path, encoding="utf-8")

@@ -5,25 +5,24 @@ Pure (no mitmproxy import needed, kept here because only the proxy uses it).
 Intercepted: requests to ``portal.qwen.ai`` and to the host (and port) of the
 configured ``base_url``. Everything else is passed through untouched.
 
-A token is sent only to an allowed host: ``portal.qwen.ai``, a DashScope host
+A token is sent either to the configured ``base_url`` (exactly that URL: the user
+chose it, so it wins over every account's own host), or, when none is configured,
+over HTTPS to an allowed host: ``portal.qwen.ai`` or a DashScope host
 (``dashscope.aliyuncs.com``, ``dashscope-intl.aliyuncs.com`` and other
-``dashscope*.aliyuncs.com``), or the configured ``base_url``'s host. Hosts are
-compared exactly after parsing, so ``portal.qwen.ai.evil.example``,
-``user@portal.qwen.ai@evil`` or a bare IP are refused, never followed.
+``dashscope*.aliyuncs.com``). Hosts are compared exactly after parsing, so
+``portal.qwen.ai.evil.example``, ``user@portal.qwen.ai@evil`` or a bare IP are
+refused, never followed. A configured loopback ``base_url`` (the tests' stand-in)
+allows nothing else: not another port on 127.0.0.1, nor an account's host.
 """
 
 from __future__ import annotations
 
-import re
 from urllib.parse import urlsplit
 
 from qwen_oauth_mitm.accounts import Account
 from qwen_oauth_mitm.config import DEFAULT_API_BASE_URL, Config
 from qwen_oauth_mitm.errors import QwenError
-
-PORTAL_HOST = "portal.qwen.ai"
-_DASHSCOPE = re.compile(r"^dashscope(-[a-z0-9]+)?\.aliyuncs\.com$")
-_HOST = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+$")
+from qwen_oauth_mitm.oauth.protocol import PORTAL_HOST, is_qwen_api_host, resource_host
 
 
 class DisallowedHost(QwenError):
@@ -49,14 +48,6 @@ def is_intercepted(host: str, port: int, config: Config) -> bool:
     return configured_host(config) == (host, port)
 
 
-def is_allowed_token_host(host: str, config: Config) -> bool:
-    host = host.lower()
-    if host == PORTAL_HOST or _DASHSCOPE.match(host):
-        return True
-    configured = configured_host(config)
-    return configured is not None and configured[0] == host
-
-
 def api_base(account: Account, config: Config) -> str:
     """The account's API base (``.../v1``, no trailing slash); raises
     :class:`DisallowedHost` when it would send the token somewhere else."""
@@ -74,7 +65,7 @@ def api_base(account: Account, config: Config) -> str:
         parts.scheme != "https"
         or parts.username is not None
         or parts.password is not None
-        or not is_allowed_token_host(host, config)
+        or not is_qwen_api_host(host)
     ):
         raise DisallowedHost(
             f"account {account.label!r} points at {host or base!r}, which is not a "
@@ -85,11 +76,11 @@ def api_base(account: Account, config: Config) -> str:
 
 
 def _from_resource_url(account: Account) -> str:
-    raw = (account.resource_url or "").strip().lower()
-    host = raw.removeprefix("https://").split("/", 1)[0]
-    if not _HOST.match(host):
+    raw = account.resource_url or ""
+    host = resource_host(raw)
+    if host is None:
         raise DisallowedHost(
             f"account {account.label!r} has a resource_url that is not a host name "
-            f"({raw[:60]!r}); its token is not sent there"
+            f"({raw.strip()[:60]!r}); its token is not sent there"
         )
     return f"https://{host}/v1"
