@@ -5,19 +5,25 @@ Shared by ``tests/proxy/test_e2e_crash.py`` (a short run) and ``scripts/soak``
 folder, let it serve (a few clients in threads), refresh tokens (they expire
 within a second, so each request may refresh, and every refresh rotates the
 refresh token and writes the accounts file), save its rotation state, while
-``qwen-oauth add-key`` adds accounts to the same file; then SIGKILL it, either
-at a random moment or the instant a temporary state file appears in the folder
-(a write is under way), and check:
+``qwen-oauth add-key`` adds accounts to the same file; then SIGKILL it. The
+kill comes, in turn (:data:`MOMENTS`): at a random moment; the instant the
+process holds a temporary state file open (a write is under way); or at rest,
+with the clients paused, once the refreshes it made at start are answered and
+none follows for a moment. After each kill:
 
 - the accounts file and the tracker-state file parse (a torn write would not);
 - both are 0600, and so is any temporary file a killed write left behind;
 - no account is lost: the seeded ones and every one the CLI reported added;
 - no account needs a re-login, and each OAuth account's stored refresh token is
-  the newest the server issued for its login, or the one before it when the
-  server's answer came less than ``GRACE`` seconds before the kill (the server
-  had rotated it, the process died before saving: nothing can save that; the
-  account is logged in again and the case counted). A stored token two rotations
-  behind, or one behind for longer, is a lost write.
+  the newest the server issued for its login; or, except at rest, the one
+  before it when the server's answer came less than ``GRACE`` seconds before
+  the kill (the server had rotated it and the process died before saving it:
+  nothing can save that; the account is logged in again and the case counted).
+  At rest every rotation must be saved: the proxy saves a new refresh token
+  before it uses the new access token, and nothing would save it later.
+
+At the end, after one more write (by the CLI), no temporary file of the
+accounts file is left: each write removes what killed ones left.
 """
 
 from __future__ import annotations
@@ -55,6 +61,10 @@ QWEN_OAUTH = ROOT / ".venv" / "bin" / "qwen-oauth"
 GRACE = 0.5
 """Seconds between the server's refresh answer and the kill within which an
 unsaved rotation is the process's bad luck, not a lost write."""
+REST = 0.3
+"""Seconds without a refresh after which a proxy with no traffic is at rest."""
+MOMENTS = ("at random", "at a write", "at rest")
+"""When each cycle's kill comes, in turn."""
 LIFETIME = 4.0
 WINDOW = 3
 """Tokens live 4 s and are refreshed in their last 3 s: about every second
@@ -90,6 +100,8 @@ class CrashReport:
     refreshes: int = 0
     added: int = 0
     unsaved: int = 0
+    leftovers: int = 0
+    """Temporary files of the accounts file left after a last, normal write."""
     """Refreshes the server answered that the process died before saving."""
     violations: list[str] = field(default_factory=list)
 
@@ -98,6 +110,7 @@ class CrashReport:
 class _Shared:
     port: int = 0
     stop: bool = False
+    paused: bool = False
     served: int = 0
     added: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -110,6 +123,9 @@ def _client_loop(shared: _Shared, ca: Path, n: int) -> None:
     port = 0
     i = 0
     while not shared.stop:
+        if shared.paused:
+            time.sleep(0.01)
+            continue
         if shared.port != port or client is None:
             if client is not None:
                 client.close()
@@ -140,28 +156,37 @@ def _client_loop(shared: _Shared, ca: Path, n: int) -> None:
         client.close()
 
 
+def _add_key(portal: FakePortal, env: dict[str, str], n: int) -> bool:
+    """``qwen-oauth add-key --label cli<n>``; True when it says it added it."""
+    key = f"crash-key-{n:04d}-0123456789"
+    portal.keys.add(key)
+    run = subprocess.run(
+        [str(QWEN_OAUTH), "add-key", "--label", f"cli{n}"],
+        env={**env, "QWEN_API_KEY": key},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    if run.returncode != 0:
+        raise RuntimeError(f"add-key failed: {run.stderr.strip()[-300:]}")
+    return True
+
+
 def _cli_loop(shared: _Shared, portal: FakePortal, env: dict[str, str]) -> None:
     """``qwen-oauth add-key`` again and again; remembers the accounts it added."""
     n = 0
     while not shared.stop:
         n += 1
-        key = f"crash-key-{n:04d}-0123456789"
-        portal.keys.add(key)
-        run = subprocess.run(
-            [str(QWEN_OAUTH), "add-key", "--label", f"cli{n}"],
-            env={**env, "QWEN_API_KEY": key},
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-        if run.returncode == 0:
+        try:
+            _add_key(portal, env, n)
+        except RuntimeError as e:
             with shared.lock:
-                shared.added.append(f"cli{n}")
-            time.sleep(0.3)  # leave the CPU to mitmdump's restarts
-        elif not shared.stop:
-            with shared.lock:
-                shared.errors.append(f"add-key failed: {run.stderr.strip()[-300:]}")
+                shared.errors.append(str(e))
+            continue
+        with shared.lock:
+            shared.added.append(f"cli{n}")
+        time.sleep(0.3)  # leave the CPU to mitmdump's restarts
 
 
 def _watch_for_write(pid: int, fired: threading.Event, until: float) -> None:
@@ -176,6 +201,27 @@ def _watch_for_write(pid: int, fired: threading.Event, until: float) -> None:
                         fired.set()
                         return
         time.sleep(0.001)
+
+
+def _wait_for_service(shared: _Shared, before: int) -> None:
+    """Until a client got an answer from this life of the proxy (at most 10 s)."""
+    deadline = time.monotonic() + 10.0
+    while shared.served == before and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _wait_for_rest(fake: ChainOAuth, before: int) -> None:
+    """Until the proxy's refreshes at start are over: one was answered, then
+    none for ``REST`` seconds (at most 3 s in all)."""
+    deadline = time.monotonic() + 3.0
+    count, changed = before, time.monotonic()
+    while time.monotonic() < deadline:
+        now = fake.counts["refresh"]
+        if now != count:
+            count, changed = now, time.monotonic()
+        elif count > before and time.monotonic() - changed > REST:
+            return
+        time.sleep(0.01)
 
 
 def _quiet_on_hang_up(server: LocalServer) -> None:
@@ -238,6 +284,7 @@ def check_after_kill(
     paths: StatePaths,
     expected: set[str],
     killed_at: float,
+    grace: float,
     report: CrashReport,
     cycle: int,
 ) -> None:
@@ -270,7 +317,7 @@ def check_after_kill(
         if fake.live(held):
             continue
         newer, issued = fake.successor.get(held, ("", 0.0))
-        if fake.live(newer) and killed_at - issued < GRACE:
+        if fake.live(newer) and killed_at - issued < grace:
             report.unsaved += 1
             relogin(fake, paths, account.id)
         else:
@@ -328,6 +375,11 @@ def crash_cycles(
             for cycle in range(1, kills + 1):
                 log = workdir / f"mitmdump-{cycle % 2}.log"
                 stale = set(paths.accounts.parent.glob(".*.tmp"))
+                # At rest: no client traffic, so only the start's proactive refresh
+                # rotates tokens, and nothing later would save what it did not.
+                shared.paused = MOMENTS[cycle % len(MOMENTS)] == "at rest"
+                refreshes_before = fake.counts["refresh"]
+                served_before = shared.served
                 with log.open("wb") as out:
                     process = subprocess.Popen(
                         args, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=workdir
@@ -351,14 +403,17 @@ def crash_cycles(
                         )
                         for t in threads:
                             t.start()
-                    at_write = cycle % 2 == 0
-                    until = time.monotonic() + rng.uniform(0.1, 0.6)
-                    fired = threading.Event()
-                    if at_write:
-                        # Up to a second for a write to start; kill the moment it does.
-                        _watch_for_write(process.pid, fired, until + 1.0)
+                    how = MOMENTS[cycle % len(MOMENTS)]
+                    if how == "at a write":
+                        # Up to 1.5 s for a write to start; kill the moment it does.
+                        deadline = time.monotonic() + 1.5
+                        _watch_for_write(process.pid, threading.Event(), deadline)
+                    elif how == "at rest":
+                        _wait_for_rest(fake, refreshes_before)
                     else:
-                        time.sleep(max(0.0, until - time.monotonic()))
+                        # Once it serves (it has started for good), then at random.
+                        _wait_for_service(shared, served_before)
+                        time.sleep(rng.uniform(0.0, 0.5))
                     os.kill(process.pid, signal.SIGKILL)
                     killed_at = time.time()
                 finally:
@@ -370,13 +425,18 @@ def crash_cycles(
                     report.mid_write += 1
                 with shared.lock:
                     expected = {a.label for a in seeded} | set(shared.added)
-                check_after_kill(fake, paths, expected, killed_at, report, cycle)
+                grace = 0.0 if shared.paused else GRACE
+                check_after_kill(fake, paths, expected, killed_at, grace, report, cycle)
                 if on_cycle is not None:
                     on_cycle(cycle)
         finally:
             shared.stop = True
             for t in threads:
                 t.join(timeout=30)
+        # Killed writes leave their temporary files; the next write (here the
+        # CLI's) must remove them, or each such kill leaves a copy of the secrets.
+        _add_key(portal, env, 9999)
+        report.leftovers = len(list(paths.accounts.parent.glob(".*accounts*.tmp")))
         report.served = shared.served
         report.added = len(shared.added)
         report.refreshes = fake.counts["refresh"]

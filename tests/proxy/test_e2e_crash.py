@@ -17,7 +17,7 @@ from .crash import crash_cycles
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(120)]
 
-KILLS = 12
+KILLS = 9
 
 
 def test_sigkill_under_load_never_loses_an_account_or_a_refresh_token(
@@ -26,8 +26,10 @@ def test_sigkill_under_load_never_loses_an_account_or_a_refresh_token(
     report = crash_cycles(tmp_path, kills=KILLS, seed_value=9)
     assert report.violations == [], report
     assert report.kills == KILLS
-    # The cycles did what they are for: served, rotated, added, cut writes.
+    # The cycles did what they are for: served, rotated, added, cut writes;
+    # and the write after them removed what the cut ones left.
     assert report.served > 0, report
     assert report.refreshes > 0, report
     assert report.added > 0, report
     assert report.mid_write > 0, report
+    assert report.leftovers == 0, report
