@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import logging
 import re
 import time
 import traceback
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -75,6 +77,18 @@ def test_a_secret_containing_another_is_hidden_whole() -> None:
     reg = SecretRegistry()
     reg.add("abcdefgh", "abcdefghijklmnop")
     assert reg.redact("abcdefghijklmnop") == fingerprint("abcdefghijklmnop")
+
+
+def test_a_replaced_pattern_is_not_kept_alive() -> None:
+    # Each registration compiles a new pattern of every secret; were the old ones
+    # kept (re's cache holds hundreds), memory would grow with every refresh.
+    registry = SecretRegistry()
+    registry.add("first-secret-0001")
+    assert registry._pattern is not None
+    old = weakref.ref(registry._pattern)
+    registry.add("second-secret-0002")
+    gc.collect()
+    assert old() is None
 
 
 def test_registry_forgets_the_oldest_past_its_cap(

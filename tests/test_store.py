@@ -153,6 +153,21 @@ def test_failed_write_keeps_the_old_file_and_no_temp(
     assert [p.name for p in tmp_path.iterdir()] == ["f.json"]
 
 
+def test_a_killed_writers_temporary_file_goes_at_the_next_write(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "qwen-auth-accounts.json"
+    accounts_file(path).write(AccountsFile())
+    # What a writer SIGKILLed between mkstemp and os.replace leaves behind.
+    leftover = tmp_path / f".{path.name}.k1ll3d.tmp"
+    leftover.write_bytes(b'{"accounts": "a copy of the secrets"}')
+    other = tmp_path / ".qwen-auth-tracker-state.json.k1ll3d.tmp"
+    other.write_bytes(b"")
+    accounts_file(path).update(lambda f: f.put(account("a")))
+    assert not leftover.exists()
+    assert other.exists()  # another file's: that file's own writes remove it
+
+
 def test_update_returns_and_persists(tmp_path: Path) -> None:
     store = JsonStateFile(
         tmp_path / "c.json", Counter, default=Counter, on_corrupt="raise"

@@ -15,6 +15,7 @@ the tracker-state file is moved aside and started afresh with a warning.
 from __future__ import annotations
 
 import contextlib
+import glob
 import logging
 import os
 import stat
@@ -50,9 +51,15 @@ def atomic_write(path: Path, data: bytes) -> None:
 
     On failure (disk full, read-only folder) the old file is untouched, the
     temporary file removed, and a :class:`StoreError` raised.
+
+    Every caller holds the target's lock (:meth:`JsonStateFile.locked`, or the
+    token manager's lock on the same file), so another temporary file of this
+    target found now was left by a writer killed mid-write: it is removed. It
+    holds a copy of the secrets, and one more would pile up with every such kill.
     """
     try:
         ensure_private_dir(path.parent)
+        _remove_leftovers(path)
         fd, tmp = tempfile.mkstemp(
             prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
         )
@@ -69,6 +76,12 @@ def atomic_write(path: Path, data: bytes) -> None:
             os.unlink(tmp)
         raise StoreError(f"cannot write {path}: {e.strerror or e}", path=path) from e
     _fsync_dir(path.parent)
+
+
+def _remove_leftovers(path: Path) -> None:
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        with contextlib.suppress(OSError):
+            leftover.unlink()
 
 
 def _fsync_dir(folder: Path) -> None:
