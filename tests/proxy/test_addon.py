@@ -106,7 +106,8 @@ class TestOptions:
         addon.relay_port = 1
         await addon.request(f)  # refused, not served with the defaults
         assert f.response is not None
-        assert f.response.status_code == 502
+        assert f.response.status_code == 503
+        assert b"rotation_strategy" in (f.response.content or b"")
         assert f.request.headers["authorization"] == "Bearer dummy"
 
 
@@ -211,6 +212,28 @@ class TestRelayRewrite:
         assert f.response is not None
         assert f.response.status_code == 502
         assert f.marked
+
+    async def test_with_no_valid_config_only_qwen_flows_are_refused(
+        self, running: QwenAddon
+    ) -> None:
+        """A configuration that never loaded (a reloaded script, say) must not
+        break the flows of every other host: only Qwen's get the reason."""
+        running.config = None
+        running._config_error = "timeouts.connect_seconds: bad"
+        other = _flow(host="example.com", body=b"{}")
+        running.requestheaders(other)
+        await running.request(other)
+        assert other.response is None
+        assert other.error is None
+        assert other.request.host == "example.com"
+        assert other.request.headers["authorization"] == "Bearer dummy"
+        ours = _flow(body=b"{}")
+        running.requestheaders(ours)
+        await running.request(ours)
+        assert ours.response is not None
+        assert ours.response.status_code == 503
+        assert b"timeouts.connect_seconds" in (ours.response.content or b"")
+        assert ours.request.host == "portal.qwen.ai"  # never relayed
 
     async def test_a_failing_scope_check_answers_too(
         self, running: QwenAddon, monkeypatch: pytest.MonkeyPatch

@@ -413,6 +413,27 @@ class TestSizeLimit:
         assert flow.marked
         assert running.jobs == {}
 
+    async def test_a_body_mitmproxy_streams_itself_is_collected_too(
+        self, running: QwenAddon
+    ) -> None:
+        """``stream_large_bodies`` sets ``stream`` before our hook runs: left so,
+        the body would go to the host the client named, before ``request`` ran."""
+        raw = json.dumps({"model": "coder-model", "input": "hi " * 2000}).encode()
+        flow = _flow(None, headers={"content-length": str(len(raw))})
+        flow.request.stream = True  # what mitmproxy's check_body_size does
+        running.requestheaders(flow)
+        stream: object = flow.request.stream
+        assert isinstance(stream, BodyCollector)
+        assert (flow.request.host, flow.request.port) == (
+            "127.0.0.1",
+            running.relay_port,
+        )
+        assert "authorization" not in flow.request.headers
+        _feed(flow, raw, step=1000)
+        await running.request(flow)
+        assert flow.response is None
+        assert running.jobs[flow.id].refusal is None
+
     async def test_a_chunked_body_within_the_limit_is_collected_and_relayed(
         self, running: QwenAddon
     ) -> None:

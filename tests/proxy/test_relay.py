@@ -283,6 +283,28 @@ async def test_an_idle_connection_is_closed(serve: Any) -> None:
         await relay.stop()
 
 
+async def test_a_body_slower_than_the_idle_timeout_is_still_read() -> None:
+    """The idle timeout bounds the wait for a request, not its upload: a body
+    the addon collects reaches the relay only when the client's upload ends."""
+
+    async def handler(path: str, out: ResponseWriter) -> None:
+        await out.answer(200, b"{}")
+
+    relay = Relay(handler, idle_timeout=0.3)
+    port = await relay.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /flow-1 HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(4):  # 0.8 s of upload, the body's end last
+            await asyncio.sleep(0.2)
+            writer.write(b"1\r\nx\r\n")
+        writer.write(b"0\r\n\r\n")
+        assert (await asyncio.wait_for(_read_answer(reader), timeout=5))[1] == b"{}"
+        writer.close()
+    finally:
+        await relay.stop()
+
+
 async def test_a_connection_that_never_asks_is_closed() -> None:
     async def handler(path: str, out: ResponseWriter) -> None:
         raise AssertionError("not reached")

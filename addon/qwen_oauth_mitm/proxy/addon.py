@@ -78,6 +78,7 @@ class QwenAddon:
     def __init__(self, paths: StatePaths | None = None) -> None:
         self._paths = paths
         self.config: Config | None = None
+        self._default: Config | None = None
         self._config_error: str | None = None
         """Why the config did not load at startup (mitmproxy then exits)."""
         self.jobs: dict[str, Job] = {}
@@ -187,6 +188,16 @@ class QwenAddon:
             await self._oauth.aclose()
         self._logs.close()
 
+    def _scope(self) -> Config:
+        """The config that says which flows are ours: the loaded one, or the
+        defaults while none could be loaded. Flows to other hosts must pass
+        untouched even then; those to Qwen are answered with the reason."""
+        if self.config is not None:
+            return self.config
+        if self._default is None:
+            self._default = Config()
+        return self._default
+
     def _config(self) -> Config:
         if self._config_error is not None:
             raise ConfigError(self._config_error)  # never defaults instead
@@ -223,19 +234,23 @@ class QwenAddon:
         try:
             if flow.response is not None or flow.error is not None:
                 return
-            cfg = self._config()
             req = flow.request
             path = _api_path(req)
             if (
                 self.relay_port is None
                 or req.method != "POST"
                 or path not in API_PATHS
-                or not _intercepted(req, cfg)
+                or not _intercepted(req, self._scope())
+                or self._config_error is not None  # ``request`` answers it
             ):
                 return
+            cfg = self._config()
             limit = cfg.max_request_body_mb * MIB
             length = declared_length(req)
-            if length is not None and length <= limit:
+            # mitmproxy's own ``stream_large_bodies`` may have set ``stream``
+            # already: such a body would go on to the host the client named as
+            # it comes, and ``request`` run only after it went. Ours collects it.
+            if length is not None and length <= limit and not req.stream:
                 return  # buffered by mitmproxy, handled in ``request``
             collector = BodyCollector(limit, declared=length)
             self._streamed[flow.id] = (path, collector)
@@ -259,10 +274,15 @@ class QwenAddon:
             if streamed is not None:
                 self._route_streamed(flow, *streamed)
                 return
-            cfg = self._config()
             req = flow.request
-            if not _intercepted(req, cfg):
+            if not _intercepted(req, self._scope()):
                 return  # not ours: byte-for-byte, its own Authorization kept
+            if self._config_error is not None:
+                message = (
+                    f"The Qwen proxy's configuration is invalid: {self._config_error}"
+                )
+                self._reply(flow, 503, error_body(redact.redact(message)))
+                return
             log.debug(
                 "flow %s: %s %s%s",
                 flow.id,

@@ -225,8 +225,7 @@ class Relay:
         try:
             while True:
                 try:
-                    async with asyncio.timeout(self._idle_timeout):
-                        request = await _read_request(reader)
+                    request = await _read_request(reader, self._idle_timeout)
                 except TimeoutError:
                     log.debug("relay: idle connection closed")
                     return
@@ -308,10 +307,19 @@ class _Request:
     keep_alive: bool
 
 
-async def _read_request(reader: asyncio.StreamReader) -> _Request | None:
-    """Read one request (head and body); None if the connection closed first."""
+async def _read_request(
+    reader: asyncio.StreamReader, idle_timeout: float
+) -> _Request | None:
+    """Read one request (head and body); None if the connection closed first.
+
+    ``TimeoutError`` if no head comes within ``idle_timeout``. The body has no
+    deadline: it comes as fast as the client uploads (a body the addon collects
+    reaches the relay only at the upload's end), and mitmproxy closes the
+    connection should the client go away.
+    """
     try:
-        head = await reader.readuntil(b"\r\n\r\n")
+        async with asyncio.timeout(idle_timeout):
+            head = await reader.readuntil(b"\r\n\r\n")
     except asyncio.LimitOverrunError:
         return _Request("", keep_alive=False)
     except asyncio.IncompleteReadError as e:
