@@ -226,7 +226,9 @@ async def test_a_401_refreshes_and_retries_the_same_account(
     refreshed: list[str] = []
     fwd = make([_key("a"), _key("b")], _by_token({"sk-a": [httpx.Response(401)]}, seen))
 
-    async def after_unauthorized(account_id: str, rejected: str) -> Account:
+    async def after_unauthorized(
+        account_id: str, rejected: str, wait: float | None = None
+    ) -> Account:
         refreshed.append(rejected)
         return _key("a")
 
@@ -486,10 +488,10 @@ async def test_a_failed_refresh_is_a_failure_at_no_health_cost(
     fwd = make([_key("a"), _key("b")], _by_token({}, seen))
     real = fwd.tokens.access_token
 
-    async def access_token(account_id: str) -> str:
+    async def access_token(account_id: str, wait: float | None = None) -> str:
         if account_id == "acct_a":
             raise TransientAuthError("the OAuth server did not answer in time")
-        return await real(account_id)
+        return await real(account_id, wait=wait)
 
     monkeypatch.setattr(fwd.tokens, "access_token", access_token)
     for _ in range(3):

@@ -5,11 +5,13 @@ The loop, per request:
 1. :meth:`Rotation.pick` (with the conversation key). Nothing usable: wait up to
    ``max_rate_limit_wait_seconds`` (0: no limit) for the earliest account, else
    answer 429 with ``Retry-After`` and every account's state.
-2. A fresh token from :class:`TokenManager` (single-flight refresh). An account
-   that needs a re-login, whose refresh failed, or whose API base is not an
-   allowed host is skipped for this request (a failed refresh counts as a failure
-   that is not the account's fault: no health penalty, but it moves sequential
-   rotation on, and repeated ones cool the account down).
+2. A fresh token from :class:`TokenManager` (single-flight refresh, waited for
+   at most ``timeouts.refresh_seconds``: a slower one goes on in the background
+   and saves its tokens). An account that needs a re-login, whose refresh failed,
+   or whose API base is not an allowed host is skipped for this request (a failed
+   refresh counts as a failure that is not the account's fault: no health
+   penalty, but it moves sequential rotation on, and repeated ones cool the
+   account down).
 3. ``POST {api base}/chat/completions`` with our own headers (never the client's
    Authorization, cookies or SDK fingerprint).
 4. 429/quota: the account cools down, the next one is tried. 401: one refresh and
@@ -466,7 +468,9 @@ class Forwarder:
             return "next"
         st.auth_retried.add(account.id)
         try:
-            await self.tokens.after_unauthorized(account.id, token)
+            await self.tokens.after_unauthorized(
+                account.id, token, wait=self.config.timeouts.refresh_seconds
+            )
         except (QwenError, OSError) as e:
             log.warning("account %s: refresh after 401 failed: %s", account.label, e)
             return "next"
@@ -492,7 +496,9 @@ class Forwarder:
     async def _token(self, job: Job, pick: Pick, st: _State) -> str | None:
         account = pick.account
         try:
-            return await self.tokens.access_token(account.id)
+            return await self.tokens.access_token(
+                account.id, wait=self.config.timeouts.refresh_seconds
+            )
         except NeedsRelogin:
             self._skip(job, pick, st, "needs re-login")
             return None
