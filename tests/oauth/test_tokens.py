@@ -542,6 +542,33 @@ async def test_a_caller_that_stops_waiting_leaves_the_refresh_to_finish_and_save
     ]
 
 
+async def test_the_waiters_of_one_failed_refresh_report_it_once(
+    store: Store, fake: FakeQwenOAuth, client: OAuthClient
+) -> None:
+    """One who gave up early and two who waited to the end: one attempt, so one
+    of them, and only one, is the first to report its failure."""
+    fake.refresh_failure = "server_error"
+    fake.refresh_delay = 0.3
+    (acct,) = seed(store, fake, ("a", -10))
+    mgr = manager(store, client)
+    results = await asyncio.gather(
+        mgr.access_token(acct.id, wait=0.05),
+        mgr.access_token(acct.id, wait=5),
+        mgr.access_token(acct.id, wait=5),
+        return_exceptions=True,
+    )
+    assert fake.counts["refresh"] == 1
+    errors = [e for e in results if isinstance(e, RefreshFailed)]
+    assert len(errors) == 3
+    assert [e.first_report() for e in errors] == [True, False, False]
+    assert [e.first_report() for e in errors] == [False, False, False]
+    with pytest.raises(RefreshFailed) as next_attempt:  # a new attempt: reported anew
+        await mgr.access_token(acct.id, wait=5)
+    assert fake.counts["refresh"] == 2
+    assert next_attempt.value.first_report()
+    assert not store.read().accounts[0].needs_relogin
+
+
 WORKER = textwrap.dedent(
     """
     import asyncio, hashlib, sys, time
