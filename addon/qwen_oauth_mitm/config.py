@@ -120,7 +120,8 @@ class TimeoutsConfig(_Section):
     """Until the first byte of the answer; reasoning models can think for long."""
     between_chunks_seconds: PosFloat = 120.0
     refresh_seconds: PosFloat = 20.0
-    """A token refresh against the OAuth server."""
+    """How long a request waits for a token refresh before it fails over (in the
+    proxy the refresh itself goes on in the background and saves its result)."""
 
 
 class Config(_Section):

@@ -25,7 +25,7 @@ from qwen_oauth_mitm.oauth import tokens as tokens_mod
 from qwen_oauth_mitm.oauth.client import OAuthClient
 from qwen_oauth_mitm.oauth.errors import NeedsRelogin, TransientAuthError
 from qwen_oauth_mitm.oauth.fake_server import FakeQwenOAuth
-from qwen_oauth_mitm.oauth.tokens import TokenManager, UnknownAccount
+from qwen_oauth_mitm.oauth.tokens import RefreshFailed, TokenManager, UnknownAccount
 from qwen_oauth_mitm.store import JsonStateFile
 
 from .oauth_helpers import oauth_account
@@ -510,6 +510,63 @@ async def test_forced_refresh(
     fresh = await manager(store, client).refresh(acct.id)
     assert secret(fresh, "access_token") != secret(acct, "access_token")
     assert fake.counts["refresh"] == 1
+
+
+async def test_a_caller_that_stops_waiting_leaves_the_refresh_to_finish_and_save(
+    store: Store, fake: FakeQwenOAuth, client: OAuthClient
+) -> None:
+    """The server rotates the refresh token after the caller gave up: the refresh
+    still saves the new one, so the next refresh works (cut short, it would be
+    lost, and the retired token sent next would kill the login)."""
+    fake.refresh_delay = 0.5
+    (acct,) = seed(store, fake, ("a", -10))
+    old_refresh = secret(acct, "refresh_token")
+    mgr = manager(store, client)
+    with pytest.raises(RefreshFailed, match="goes on in the background"):
+        await mgr.access_token(acct.id, wait=0.05)
+    deadline = time.monotonic() + 5
+    while secret(store.read().accounts[0], "refresh_token") == old_refresh:
+        assert time.monotonic() < deadline, "the refresh was not saved"
+        await asyncio.sleep(0.05)
+    on_disk = store.read().accounts[0]
+    assert fake.counts["refresh"] == 1
+    assert fake.is_valid_access_token(secret(on_disk, "access_token"))
+    assert await mgr.access_token(acct.id, wait=0.05) == secret(on_disk, "access_token")
+    fake.refresh_delay = 0.0
+    again = await mgr.refresh(acct.id)
+    assert not again.needs_relogin
+    assert fake.is_valid_access_token(secret(again, "access_token"))
+    assert _refresh_tokens_sent(fake) == [
+        old_refresh,
+        secret(on_disk, "refresh_token"),
+    ]
+
+
+async def test_the_waiters_of_one_failed_refresh_report_it_once(
+    store: Store, fake: FakeQwenOAuth, client: OAuthClient
+) -> None:
+    """One who gave up early and two who waited to the end: one attempt, so one
+    of them, and only one, is the first to report its failure."""
+    fake.refresh_failure = "server_error"
+    fake.refresh_delay = 0.3
+    (acct,) = seed(store, fake, ("a", -10))
+    mgr = manager(store, client)
+    results = await asyncio.gather(
+        mgr.access_token(acct.id, wait=0.05),
+        mgr.access_token(acct.id, wait=5),
+        mgr.access_token(acct.id, wait=5),
+        return_exceptions=True,
+    )
+    assert fake.counts["refresh"] == 1
+    errors = [e for e in results if isinstance(e, RefreshFailed)]
+    assert len(errors) == 3
+    assert [e.first_report() for e in errors] == [True, False, False]
+    assert [e.first_report() for e in errors] == [False, False, False]
+    with pytest.raises(RefreshFailed) as next_attempt:  # a new attempt: reported anew
+        await mgr.access_token(acct.id, wait=5)
+    assert fake.counts["refresh"] == 2
+    assert next_attempt.value.first_report()
+    assert not store.read().accounts[0].needs_relogin
 
 
 WORKER = textwrap.dedent(

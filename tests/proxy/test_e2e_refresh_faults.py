@@ -1,11 +1,16 @@
 """End to end: the OAuth server down or slow while a token must be refreshed.
 
-``home``'s token has expired and its refresh fails (the connection closed
-unanswered, or slower than ``timeouts.refresh_seconds``); ``work``'s token is valid.
-Requests are served by ``work`` with no error; ``home`` is not marked for a new
-login, and after three failed refreshes in a row it cools down, so requests stop
-waiting for the OAuth server; once the server is back and ``home``'s turn comes
-again, it is refreshed and serves.
+``home``'s token has expired; ``work``'s token is valid.
+
+- Down (the connection closed unanswered): requests are served by ``work`` with no
+  error; ``home`` is not marked for a new login, and after three failed refreshes
+  in a row it cools down, so requests stop waiting for the OAuth server; once the
+  server is back and ``home``'s turn comes again, it is refreshed and serves.
+- Slow (longer than ``timeouts.refresh_seconds``), rotating refresh tokens as the
+  real server does: requests stop waiting and are served by ``work``; the refresh
+  goes on and saves the rotated refresh token, so ``home`` serves and keeps
+  refreshing later (cut short, the new token would be lost, and the next refresh,
+  sent with the retired one, would mark ``home`` for a new login).
 """
 
 from __future__ import annotations
@@ -24,40 +29,33 @@ from .harness import oauth_account, run_mitmdump, token_of, write_accounts
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(60)]
 
-SLOW = 4.0
+SLOW = 3.0
 """Seconds the slow OAuth server takes: far beyond the 0.5 s refresh timeout."""
 COOLDOWN = 2
 """default_cooldown_seconds: how long three failures in a row cool an account."""
 
 
-# "drop": the server closes the connection unanswered, as one going down; a 503
-# page is the same transient failure to the token manager (tests/oauth).
-@pytest.mark.parametrize("fault", ["drop", "slow"])
+OPTIONS = [
+    "--set", "qwen_rotation_strategy=round-robin",
+    "--set", "qwen_timeouts_refresh_seconds=0.5",
+    "--set", f"qwen_default_cooldown_seconds={COOLDOWN}",
+]  # fmt: skip
+
+
+# The server closes the connection unanswered, as one going down; a 503 page is
+# the same transient failure to the token manager (tests/oauth).
 def test_a_failed_refresh_fails_over_and_is_retried_later(
     tmp_path: Path,
     fake: FakeQwenOAuth,
     portal: FakePortal,
     paths: StatePaths,
-    fault: str,
 ) -> None:
     home = oauth_account(fake, "home", expires_in=-60)
     work = oauth_account(fake, "work")
     write_accounts(paths, [home, work])
-    if fault == "slow":
-        fake.refresh_delay = SLOW
-        # It answers in the end: a refresh token it rotated then would be lost.
-        fake.rotate_refresh_tokens = False
-    else:
-        fake.refresh_failure = fault  # type: ignore[assignment]
-    options = [
-        "--set", "qwen_rotation_strategy=round-robin",
-        "--set", "qwen_timeouts_refresh_seconds=0.5",
-        "--set", f"qwen_default_cooldown_seconds={COOLDOWN}",
-    ]  # fmt: skip
-    with run_mitmdump(tmp_path, fake, portal, options) as proxy, proxy.client() as c:
-        start = time.monotonic()
+    fake.refresh_failure = "drop"
+    with run_mitmdump(tmp_path, fake, portal, OPTIONS) as proxy, proxy.client() as c:
         answer = c.responses.create(model="coder-model", input="hi")
-        assert time.monotonic() - start < SLOW - 1
         assert answer.output_text == portal.text
         assert fake.counts["refresh"] == 1
         assert [r.token for r in portal.requests] == [token_of(work)]
@@ -92,5 +90,63 @@ def test_a_failed_refresh_fails_over_and_is_retried_later(
         c.responses.create(model="coder-model", input="last")
         assert token_of(fresh) in {r.token for r in portal.requests}
         assert token_of(home) not in {r.token for r in portal.requests}
+        for token in fake.issued:
+            assert token not in proxy.output()
+
+
+def test_a_slow_refresh_fails_over_and_keeps_the_rotated_refresh_token(
+    tmp_path: Path,
+    fake: FakeQwenOAuth,
+    portal: FakePortal,
+    paths: StatePaths,
+) -> None:
+    home = oauth_account(fake, "home", expires_in=-60)
+    work = oauth_account(fake, "work")
+    write_accounts(paths, [home, work])
+    assert fake.rotate_refresh_tokens  # as the real server does
+    fake.refresh_delay = SLOW
+    # home's new tokens are due for a refresh at once: the refresh after the slow
+    # one must be made, with the refresh token the slow one rotated.
+    fake.token_lifetime = 60
+    with run_mitmdump(tmp_path, fake, portal, OPTIONS) as proxy, proxy.client() as c:
+        start = time.monotonic()
+        answer = c.responses.create(model="coder-model", input="hi")
+        assert time.monotonic() - start < SLOW - 1  # home was waited for 0.5 s
+        assert answer.output_text == portal.text
+        assert fake.counts["refresh"] == 1
+        # While it runs, home's turns join it rather than start another.
+        for i in range(2):
+            answer = c.responses.create(model="coder-model", input=f"meanwhile {i}")
+            assert answer.output_text == portal.text
+        assert fake.counts["refresh"] == 1
+        assert {r.token for r in portal.requests} == {token_of(work)}
+
+        # No request waits for it any more, yet it finishes and is saved.
+        deadline = time.monotonic() + SLOW + 5
+        while (saved := accounts_file(paths.accounts).read().get(home.id)) is not None:
+            if saved.refresh_token != home.refresh_token:
+                break
+            assert time.monotonic() < deadline, proxy.output()[-3000:]
+            time.sleep(0.1)
+        assert saved is not None
+        assert saved.refresh_token is not None
+        assert saved.refresh_token.get_secret_value() in fake.issued
+        assert fake.counts["refresh"] == 1
+
+        # The server is quick again: home serves, refreshing (due at once) with
+        # the rotated refresh token, and stays logged in.
+        fake.refresh_delay = 0.0
+        deadline = time.monotonic() + COOLDOWN + 5
+        while fake.counts["refresh"] < 3:
+            assert time.monotonic() < deadline, proxy.output()[-3000:]
+            answer = c.responses.create(model="coder-model", input="later")
+            assert answer.output_text == portal.text
+        fresh = accounts_file(paths.accounts).read().get(home.id)
+        assert fresh is not None
+        assert not fresh.needs_relogin
+        assert fresh.refresh_token not in (home.refresh_token, saved.refresh_token)
+        served = [r.token for r in portal.requests]
+        assert token_of(home) not in served
+        assert set(served) - {token_of(work)}  # home served, with new tokens
         for token in fake.issued:
             assert token not in proxy.output()

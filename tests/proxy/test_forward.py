@@ -16,7 +16,13 @@ from pydantic import SecretStr
 
 from qwen_oauth_mitm.accounts import Account, AccountsFile
 from qwen_oauth_mitm.config import Config
-from qwen_oauth_mitm.oauth import OAuthClient, TokenManager, TransientAuthError
+from qwen_oauth_mitm.errors import StoreError
+from qwen_oauth_mitm.oauth import (
+    OAuthClient,
+    TokenManager,
+    TokenSet,
+    TransientAuthError,
+)
 from qwen_oauth_mitm.portal import FakePortal
 from qwen_oauth_mitm.proxy.forward import Forwarder, make_http_client
 from qwen_oauth_mitm.proxy.jobs import Job
@@ -226,7 +232,9 @@ async def test_a_401_refreshes_and_retries_the_same_account(
     refreshed: list[str] = []
     fwd = make([_key("a"), _key("b")], _by_token({"sk-a": [httpx.Response(401)]}, seen))
 
-    async def after_unauthorized(account_id: str, rejected: str) -> Account:
+    async def after_unauthorized(
+        account_id: str, rejected: str, wait: float | None = None
+    ) -> Account:
         refreshed.append(rejected)
         return _key("a")
 
@@ -486,10 +494,10 @@ async def test_a_failed_refresh_is_a_failure_at_no_health_cost(
     fwd = make([_key("a"), _key("b")], _by_token({}, seen))
     real = fwd.tokens.access_token
 
-    async def access_token(account_id: str) -> str:
+    async def access_token(account_id: str, wait: float | None = None) -> str:
         if account_id == "acct_a":
             raise TransientAuthError("the OAuth server did not answer in time")
-        return await real(account_id)
+        return await real(account_id, wait=wait)
 
     monkeypatch.setattr(fwd.tokens, "access_token", access_token)
     for _ in range(3):
@@ -597,3 +605,136 @@ async def test_a_200_with_an_error_object_that_quotes_the_key_never_shows_it(
     assert key not in out.body.decode()
     assert key not in (job.error or "")  # the flow comment
     assert "Incorrect API key: [redacted" in out.json()["error"]["message"]
+
+
+def _expired_oauth(label: str) -> Account:
+    now = time.time()
+    return Account.model_validate(
+        {"id": f"acct_{label}", "label": label, "kind": "oauth"}
+        | {"access_token": SecretStr(f"at-{label}"), "added_at": now}
+        | {"refresh_token": SecretStr(f"rt-{label}"), "expires_at": now - 60}
+        | {"updated_at": now}
+    )
+
+
+def _gated_refresh(
+    monkeypatch: pytest.MonkeyPatch,
+    fwd: Forwarder,
+    gate: asyncio.Event,
+    answer: TokenSet | Exception,
+) -> list[str]:
+    """The OAuth server answers ``answer`` to refreshes once ``gate`` is set."""
+    sent: list[str] = []
+
+    async def refresh(refresh_token: str) -> TokenSet:
+        sent.append(refresh_token)
+        await gate.wait()
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(fwd.tokens.client, "refresh", refresh)
+    return sent
+
+
+async def test_a_failed_refresh_shared_by_five_requests_counts_once(
+    make: Callable[..., Forwarder], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Five requests wait for one refresh, which fails: one failure for the
+    account, not five (five would cool it down), and no request counted for it:
+    none reached the upstream."""
+    seen: list[str] = []
+    fwd = make([_expired_oauth("a"), _key("b")], _by_token({}, seen))
+    gate = asyncio.Event()
+    error = TransientAuthError("the OAuth server answered HTTP 503")
+    sent = _gated_refresh(monkeypatch, fwd, gate, error)
+    jobs = [(_job(), Recorder()) for _ in range(5)]
+    tasks = [asyncio.ensure_future(fwd.serve(j, o)) for j, o in jobs]
+    while not sent:  # the refresh is under way: all five wait for it
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    gate.set()
+    await asyncio.gather(*tasks)
+    assert sent == ["rt-a"]  # one refresh
+    assert [o.status for _, o in jobs] == [200] * 5
+    assert seen == ["sk-b"] * 5
+    assert all(
+        [a.outcome for a in j.attempts] == ["refresh failed", "200"] for j, _ in jobs
+    )
+    a = fwd.rotation.snapshot().accounts["acct_a"]
+    assert a.consecutive_failures == 1
+    assert a.cooldown is None
+    assert a.today is not None
+    assert a.today.requests == 0
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        StoreError("accounts.json is locked", path=Path("accounts.json")),
+        PermissionError("accounts.json: permission denied"),
+    ],
+    ids=["store", "os"],
+)
+async def test_a_local_file_error_at_refresh_costs_the_account_nothing(
+    make: Callable[..., Forwarder],
+    monkeypatch: pytest.MonkeyPatch,
+    error: Exception,
+) -> None:
+    """Not the OAuth server's doing, nor the account's: skipped, not counted."""
+    seen: list[str] = []
+    fwd = make([_key("a"), _key("b")], _by_token({}, seen))
+    real = fwd.tokens.access_token
+
+    async def access_token(account_id: str, wait: float | None = None) -> str:
+        if account_id == "acct_a":
+            raise error
+        return await real(account_id, wait=wait)
+
+    monkeypatch.setattr(fwd.tokens, "access_token", access_token)
+    job, out = _job(), Recorder()
+    await fwd.serve(job, out)
+    assert out.status == 200
+    assert [a.outcome for a in job.attempts] == ["refresh failed", "200"]
+    a = fwd.rotation.snapshot().accounts["acct_a"]
+    assert a.consecutive_failures == 0
+    assert a.cooldown is None
+    assert a.today is not None
+    assert a.today.requests == 0
+
+
+async def test_a_slow_refresh_fails_over_and_saves_its_tokens_later(
+    make: Callable[..., Forwarder], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Requests wait ``refresh_seconds`` for a slow refresh, then fail over; the
+    refresh goes on (one, shared) and saves what it got, rotated refresh token
+    included, for the next demand."""
+    seen: list[str] = []
+    fwd = make(
+        [_expired_oauth("a"), _key("b")],
+        _by_token({}, seen),
+        timeouts={"refresh_seconds": 0.1},
+    )
+    gate = asyncio.Event()
+    renewed = TokenSet("at-a2", "rt-a2", expires_in=3600)
+    sent = _gated_refresh(monkeypatch, fwd, gate, renewed)
+    jobs = [(_job(), Recorder()) for _ in range(2)]
+    async with asyncio.timeout(5):  # not the refresh's end: they stop waiting
+        await asyncio.gather(*(fwd.serve(j, o) for j, o in jobs))
+    assert [o.status for _, o in jobs] == [200, 200]
+    assert all(
+        [a.outcome for a in j.attempts] == ["refresh failed", "200"] for j, _ in jobs
+    )
+    assert seen == ["sk-b", "sk-b"]
+    assert sent == ["rt-a"]  # both waited for the one refresh
+    a = fwd.rotation.snapshot().accounts["acct_a"]
+    assert a.consecutive_failures == 1  # one slow refresh, one failure
+    later = asyncio.ensure_future(fwd.tokens.access_token("acct_a"))
+    await asyncio.sleep(0.05)
+    gate.set()  # the OAuth server answers at last
+    assert await later == "at-a2"
+    saved = accounts_file(tmp_path / "accounts.json").read().get("acct_a")
+    assert saved is not None
+    assert saved.refresh_token is not None
+    assert saved.refresh_token.get_secret_value() == "rt-a2"
+    assert sent == ["rt-a"]

@@ -5,8 +5,16 @@ One :class:`TokenManager` per process (the addon's, or the CLI's). Rules:
 - ``expires_at`` is absolute; a token within ``refresh_window_seconds`` of it is
   *expiring* and is refreshed before use.
 - **Single-flight in the process**: concurrent demands for one account share one
-  refresh task (50 callers -> one HTTP refresh). The task is shielded, so a caller
-  that gives up does not cancel the refresh for the others.
+  refresh task (50 callers -> one HTTP refresh). The task is shielded and kept
+  referenced, so a caller that gives up does not cancel the refresh: it finishes
+  in the background and saves what it got, and a later caller joins it rather
+  than starting another.
+- **A caller waits a bounded time** (``wait``, the proxy's
+  ``timeouts.refresh_seconds``), then gets :class:`RefreshFailed` (or its token,
+  if that still works); the HTTP refresh itself may take far longer
+  (:data:`REFRESH_HTTP_SECONDS`): cutting it short after the server rotated the
+  refresh token would lose the new one, and the next refresh, sent with the
+  retired one, would kill the login.
 - **Guarded across processes**: the refresh runs holding the accounts file's lock
   (``<file>.lock``, taken without blocking the event loop) and re-reads the file
   after taking it; when another process has refreshed meanwhile, its token is used
@@ -70,9 +78,33 @@ Clock = Callable[[], float]
 DEFAULT_TRANSIENT_BACKOFF = 30.0
 """Seconds before a failed (transient) refresh is tried again while the token works."""
 
+REFRESH_HTTP_SECONDS = 60.0
+"""The least timeout of the refresh's own HTTP exchange in the proxy. No request
+waits that long (callers give up after ``wait``); it only bounds how long a hung
+OAuth server keeps the account's refresh, and the file lock, busy."""
+
 
 class UnknownAccount(QwenError):
     """No account has this id (it was removed)."""
+
+
+class RefreshFailed(TransientAuthError):
+    """A shared refresh failed transiently, or was still running when the caller's
+    wait ran out (it goes on in the background).
+
+    Each waiting caller gets its own instance naming the one refresh attempt, so
+    the failure can be counted once per attempt, not once per waiting request.
+    """
+
+    def __init__(self, message: str, flight: _Flight) -> None:
+        super().__init__(message)
+        self._flight = flight
+
+    def first_report(self) -> bool:
+        """True for the first caller to report this attempt's failure."""
+        first = not self._flight.failure_reported
+        self._flight.failure_reported = True
+        return first
 
 
 def register_secrets(accounts: AccountsFile) -> None:
@@ -134,6 +166,14 @@ class _Outcome:
     """True when this task got new tokens from the server."""
 
 
+@dataclass(eq=False)
+class _Flight:
+    """One refresh attempt in flight, shared by every caller that waits for it."""
+
+    task: asyncio.Task[_Outcome]
+    failure_reported: bool = False
+
+
 MAX_JOINS = 3
 """Shared refreshes a caller waits for before giving up (see :meth:`_ensure`)."""
 
@@ -169,7 +209,7 @@ class TokenManager:
         self._lock_timeout = lock_timeout
         self._cache: AccountsFile | None = None
         self._signature: tuple[int, ...] | None = None
-        self._inflight: dict[str, asyncio.Task[_Outcome]] = {}
+        self._inflight: dict[str, _Flight] = {}
         self._unsaved: dict[str, _Unsaved] = {}
         self._mutex: asyncio.Lock | None = None
         self._retry_after: dict[str, float] = {}
@@ -230,9 +270,13 @@ class TokenManager:
 
     # --- the public operations --------------------------------------------------
 
-    async def access_token(self, account_id: str) -> str:
-        """A usable access token (or API key) for the account."""
-        account = await self.ensure_fresh(account_id)
+    async def access_token(self, account_id: str, *, wait: float | None = None) -> str:
+        """A usable access token (or API key) for the account.
+
+        ``wait``: seconds to wait for a refresh before :class:`RefreshFailed` (the
+        refresh goes on and saves its result); None: until the refresh ends.
+        """
+        account = await self._ensure(account_id, force=False, rejected=None, wait=wait)
         token = _secret(account, "access_token")
         if token is None:  # only a broken file gets here
             raise AuthError(f"account {account.label!r} has no access token")
@@ -244,15 +288,19 @@ class TokenManager:
         ``force`` refreshes even a fresh token (the ``refresh`` command). Raises
         :class:`NeedsRelogin` for an account whose refresh token is dead.
         """
-        return await self._ensure(account_id, force=force, rejected=None)
+        return await self._ensure(account_id, force=force, rejected=None, wait=None)
 
-    async def after_unauthorized(self, account_id: str, rejected_token: str) -> Account:
+    async def after_unauthorized(
+        self, account_id: str, rejected_token: str, *, wait: float | None = None
+    ) -> Account:
         """The upstream refused ``rejected_token`` (401): refresh, unless done already.
 
         Many requests failing with the same token cause a single refresh; one that
         arrives after the token was renewed gets the new token without a refresh.
         """
-        return await self._ensure(account_id, force=False, rejected=rejected_token)
+        return await self._ensure(
+            account_id, force=False, rejected=rejected_token, wait=wait
+        )
 
     async def refresh(self, account_id: str) -> Account:
         """Refresh now (for the ``refresh`` command)."""
@@ -284,8 +332,9 @@ class TokenManager:
             raise _relogin_error(account, account.relogin_reason or "refresh refused")
 
     async def _ensure(
-        self, account_id: str, *, force: bool, rejected: str | None
+        self, account_id: str, *, force: bool, rejected: str | None, wait: float | None
     ) -> Account:
+        deadline = None if wait is None else asyncio.get_running_loop().time() + wait
         result: Account | None = None
         for _ in range(MAX_JOINS):
             account = await self.account(account_id)
@@ -306,16 +355,30 @@ class TokenManager:
                 and self._still_valid(account, now)
             ):
                 return account  # a refresh just failed transiently; the token works
-            task = self._inflight.get(account_id)
-            mine = task is None
-            if task is None:
+            flight = self._inflight.get(account_id)
+            mine = flight is None
+            if flight is None:
                 task = spawn(
                     self._refresh_guarded(account_id, force=force, rejected=rejected),
                     name=f"refresh {account_id}",
                 )
-                self._inflight[account_id] = task
+                flight = self._inflight[account_id] = _Flight(task)
                 task.add_done_callback(lambda t: self._forget(account_id, t))
-            outcome = await asyncio.shield(task)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    outcome = await asyncio.shield(flight.task)
+            except TimeoutError:
+                # Only this caller gives up: the refresh goes on and saves.
+                result = self._current(account_id)
+                if result is not None and self._usable_despite_failure(
+                    result, force=force, rejected=rejected
+                ):
+                    return result
+                raise RefreshFailed(
+                    f"the token refresh of account {account.label!r} takes longer "
+                    f"than {wait:g} s; it goes on in the background",
+                    flight,
+                ) from None
             # The task ran with its starter's flags: judge the outcome with ours.
             result = outcome.account
             if outcome.error is not None:
@@ -323,6 +386,8 @@ class TokenManager:
                     result, force=force, rejected=rejected
                 ):
                     return result
+                if isinstance(outcome.error, TransientAuthError):
+                    raise RefreshFailed(str(outcome.error), flight) from outcome.error
                 raise outcome.error
             assert result is not None
             if mine or (
@@ -351,7 +416,8 @@ class TokenManager:
         return rejected is None or not _same(_secret(account, "access_token"), rejected)
 
     def _forget(self, account_id: str, task: asyncio.Task[_Outcome]) -> None:
-        if self._inflight.get(account_id) is task:
+        flight = self._inflight.get(account_id)
+        if flight is not None and flight.task is task:
             del self._inflight[account_id]
         if not task.cancelled():
             task.exception()  # retrieved: no "never retrieved" noise if all gave up

@@ -41,6 +41,7 @@ from qwen_oauth_mitm import redact
 from qwen_oauth_mitm.config import Config, load_config, parse_timezone
 from qwen_oauth_mitm.errors import ConfigError
 from qwen_oauth_mitm.oauth import OAuthClient, TokenManager
+from qwen_oauth_mitm.oauth.tokens import REFRESH_HTTP_SECONDS
 from qwen_oauth_mitm.paths import StatePaths, default_paths
 from qwen_oauth_mitm.proxy import options
 from qwen_oauth_mitm.proxy.bodylimit import MIB, BodyCollector, declared_length
@@ -152,7 +153,9 @@ class QwenAddon:
         self._oauth = OAuthClient(
             cfg.oauth_base_url,
             cfg.client_id,
-            timeout=cfg.timeouts.refresh_seconds,
+            # Requests wait only refresh_seconds for a refresh; the refresh itself
+            # is not cut that early (it may have rotated the refresh token).
+            timeout=max(cfg.timeouts.refresh_seconds, REFRESH_HTTP_SECONDS),
             user_agent=cfg.upstream_headers.user_agent,
             trust_env=False,
         )

@@ -5,11 +5,13 @@ The loop, per request:
 1. :meth:`Rotation.pick` (with the conversation key). Nothing usable: wait up to
    ``max_rate_limit_wait_seconds`` (0: no limit) for the earliest account, else
    answer 429 with ``Retry-After`` and every account's state.
-2. A fresh token from :class:`TokenManager` (single-flight refresh). An account
-   that needs a re-login, whose refresh failed, or whose API base is not an
-   allowed host is skipped for this request (a failed refresh counts as a failure
-   that is not the account's fault: no health penalty, but it moves sequential
-   rotation on, and repeated ones cool the account down).
+2. A fresh token from :class:`TokenManager` (single-flight refresh, waited for
+   at most ``timeouts.refresh_seconds``: a slower one goes on in the background
+   and saves its tokens). An account that needs a re-login, whose refresh failed,
+   or whose API base is not an allowed host is skipped for this request (a
+   refresh that failed or was too slow counts, once per refresh attempt, as a
+   failure that is not the account's fault: no health penalty, but it moves
+   sequential rotation on, and repeated ones cool the account down).
 3. ``POST {api base}/chat/completions`` with our own headers (never the client's
    Authorization, cookies or SDK fingerprint).
 4. 429/quota: the account cools down, the next one is tried. 401: one refresh and
@@ -52,7 +54,8 @@ from qwen_oauth_mitm import redact
 from qwen_oauth_mitm.accounts import Account
 from qwen_oauth_mitm.config import Config, parse_timezone
 from qwen_oauth_mitm.errors import QwenError
-from qwen_oauth_mitm.oauth import NeedsRelogin, TokenManager
+from qwen_oauth_mitm.oauth import NeedsRelogin, TokenManager, TransientAuthError
+from qwen_oauth_mitm.oauth.tokens import RefreshFailed
 from qwen_oauth_mitm.proxy.jobs import Attempt, Job, error_body
 from qwen_oauth_mitm.proxy.opening import (
     Refusal,
@@ -466,7 +469,9 @@ class Forwarder:
             return "next"
         st.auth_retried.add(account.id)
         try:
-            await self.tokens.after_unauthorized(account.id, token)
+            await self.tokens.after_unauthorized(
+                account.id, token, wait=self.config.timeouts.refresh_seconds
+            )
         except (QwenError, OSError) as e:
             log.warning("account %s: refresh after 401 failed: %s", account.label, e)
             return "next"
@@ -492,7 +497,9 @@ class Forwarder:
     async def _token(self, job: Job, pick: Pick, st: _State) -> str | None:
         account = pick.account
         try:
-            return await self.tokens.access_token(account.id)
+            return await self.tokens.access_token(
+                account.id, wait=self.config.timeouts.refresh_seconds
+            )
         except NeedsRelogin:
             self._skip(job, pick, st, "needs re-login")
             return None
@@ -501,17 +508,29 @@ class Forwarder:
             # What the client is told if no other account serves it.
             why = f"account {account.label!r} has no usable token: {e}"
             st.last = (502, error_body(redact.redact(why)))
-        # The OAuth server is down or slow: not the account's fault, but a failure
-        # all the same, so sequential rotation moves on and repeated ones cool the
-        # account down: requests stop waiting for that server on every pick. The
-        # refresh is tried again when the account is picked again.
-        now = self.clock()
-        self.rotation.record_failure(
-            pick, now, account_fault=False, detail="token refresh failed"
-        )
-        job.attempts.append(Attempt(account.label, "refresh failed"))
-        st.skip.add(account.id)
-        return None
+            # Nothing reached the upstream: the pick is given back.
+            self._skip(job, pick, st, "refresh failed")
+            if self._oauth_server_failure(e):
+                # Down or slow: not the account's fault, but a failure all the
+                # same, so sequential rotation moves on and repeated ones cool the
+                # account down: requests stop waiting for that server on every
+                # pick. The refresh is tried again when the account is picked again.
+                self.rotation.record_failure(
+                    pick,
+                    self.clock(),
+                    account_fault=False,
+                    detail="token refresh failed",
+                )
+            return None
+
+    @staticmethod
+    def _oauth_server_failure(error: Exception) -> bool:
+        """Does a failed token demand count against the account's turn? Only the
+        OAuth server being down or slow, once per refresh attempt (not once per
+        request that waited for it); a local file problem does not."""
+        if isinstance(error, RefreshFailed):
+            return error.first_report()
+        return isinstance(error, TransientAuthError)
 
     async def _stream(
         self,

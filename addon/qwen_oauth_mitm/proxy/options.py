@@ -73,7 +73,7 @@ HELP: Mapping[str, str] = {
     "timeouts.first_byte_seconds": "Seconds to wait for the portal's answer to start.",
     "timeouts.between_chunks_seconds": "Seconds to wait between two chunks of a "
     "streamed answer.",
-    "timeouts.refresh_seconds": "Seconds a token refresh may take.",
+    "timeouts.refresh_seconds": "Seconds a request waits for a token refresh.",
     "log_file": "Also write the (redacted) log to this file.",
     "max_request_body_mb": "Largest request body (MiB) the proxy takes for the "
     "portal; a larger one is answered 413 without being buffered.",
