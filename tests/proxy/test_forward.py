@@ -597,3 +597,75 @@ async def test_a_200_with_an_error_object_that_quotes_the_key_never_shows_it(
     assert key not in out.body.decode()
     assert key not in (job.error or "")  # the flow comment
     assert "Incorrect API key: [redacted" in out.json()["error"]["message"]
+
+
+# --- a 200 that is no answer, before the client got a byte -----------------------
+
+
+def _chat_job() -> Job:
+    body = {"model": "coder-model", "messages": [], "stream": True}
+    return Job("f1", "chat", body, None, None, True)
+
+
+async def _served_after_a_failover(
+    make: Callable[..., Forwarder], first: httpx.Response, job: Job, **config: Any
+) -> Recorder:
+    """Account a answers ``first``, b a good stream (or whole answer): the client
+    must get b's, and a must have no success and no health penalty."""
+    seen: list[str] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers["authorization"].removeprefix("Bearer "))
+        if seen[-1] == "sk-a":
+            return first
+        if job.stream:
+            return httpx.Response(200, stream=Chunks(list(SSE)))
+        return httpx.Response(200, json=COMPLETION)
+
+    fwd = make([_key("a"), _key("b")], handle, **config)
+    out = Recorder()
+    started = time.monotonic()
+    await fwd.serve(job, out)
+    assert time.monotonic() - started < 2
+    assert seen == ["sk-a", "sk-b"]
+    assert (out.status, job.failed, job.served_by) == (200, False, "b")
+    a = fwd.rotation.track("acct_a")
+    assert (a.last_success, a.consecutive_failures, a.health) == (None, 1, None)
+    assert fwd.rotation.track("acct_b").last_success is not None
+    return out
+
+
+@pytest.mark.parametrize("kind", ["responses", "chat"])
+@pytest.mark.parametrize(
+    "chunks",
+    [[], [b": keep-alive\n\n", b"\n\n"], [b"data: [DONE]\n\n"]],
+    ids=["empty", "comments", "done"],
+)
+async def test_a_200_stream_with_no_data_fails_over(
+    make: Callable[..., Forwarder], kind: str, chunks: list[bytes]
+) -> None:
+    """Relayed, it passed for a complete answer (a chat client got an empty 200)."""
+    first = httpx.Response(
+        200, headers={"content-type": "text/event-stream"}, stream=Chunks(chunks)
+    )
+    job = _job(stream=True) if kind == "responses" else _chat_job()
+    out = await _served_after_a_failover(make, first, job)
+    assert [a.outcome for a in job.attempts] == ["200 no events", "200"]
+    if kind == "responses":
+        assert b"response.completed" in out.body
+    else:
+        assert out.body == b"".join(SSE)
+
+
+async def test_a_200_stream_with_no_data_on_the_only_account_is_a_502(
+    make: Callable[..., Forwarder],
+) -> None:
+    def handle(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, stream=Chunks([b": keep-alive\n\n"]))
+
+    fwd = make([_key("a")], handle)
+    job, out = _chat_job(), Recorder()
+    await fwd.serve(job, out)
+    assert (out.status, job.failed) == (502, True)
+    assert out.json()["error"]["code"] == "bad_upstream_answer"
+    assert fwd.rotation.track("acct_a").last_success is None

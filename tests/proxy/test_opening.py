@@ -69,8 +69,6 @@ def test_an_upstream_error_object_is_kept_as_the_body() -> None:
 @pytest.mark.parametrize(
     ("event", "status"),
     [
-        (None, None),
-        (ServerSentEvent("[DONE]"), None),
         (ServerSentEvent(json.dumps({"choices": []})), None),
         (ServerSentEvent("<b>not json</b>"), 502),
         (ServerSentEvent(json.dumps({"error": {"code": "Throttling"}})), 429),
@@ -78,7 +76,7 @@ def test_an_upstream_error_object_is_kept_as_the_body() -> None:
     ],
 )
 def test_a_streams_first_event(event: ServerSentEvent | None, status: int) -> None:
-    refusal = judge_stream(event)
+    refusal = judge_stream(event, ended=False)
     assert (refusal.status if refusal else None) == status
 
 
@@ -110,3 +108,23 @@ def test_the_opening_gives_up_past_its_limit() -> None:
 )
 def test_documents(content_type: str | None, document: bool) -> None:
     assert is_document(content_type) is document
+
+
+@pytest.mark.parametrize(
+    ("event", "ended", "status"),
+    [
+        (None, True, 502),  # empty, or only comments and keep-alives
+        (ServerSentEvent("[DONE]"), False, 502),  # the end before any data
+        (None, False, None),  # past the opening's limit: the translator's to judge
+    ],
+)
+def test_a_stream_that_ends_with_no_data_is_garbage(
+    event: ServerSentEvent | None, ended: bool, status: int | None
+) -> None:
+    """Relayed, it would pass for a complete answer (a chat client gets an empty
+    200), with no failover though nothing was sent yet."""
+    refusal = judge_stream(event, ended=ended)
+    assert (refusal.status if refusal else None) == status
+    if refusal is not None:
+        assert refusal.outcome == "200 no events"
+        assert json.loads(refusal.body)["error"]["code"] == "bad_upstream_answer"

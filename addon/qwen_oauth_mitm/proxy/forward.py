@@ -636,11 +636,12 @@ async def _open(
     """Read an answer's opening (a stream's first event, or the whole body) and
     judge it: the bytes read, the parsed body (whole answers) and any refusal."""
     if sse:
-        opening = StreamOpening()
+        opening, ended = StreamOpening(), True
         async for chunk in chunks:
             if opening.feed(chunk):
+                ended = False
                 break
-        return bytes(opening.data), None, judge_stream(opening.event)
+        return bytes(opening.data), None, judge_stream(opening.event, ended=ended)
     body = b"".join([chunk async for chunk in chunks])
     payload, refusal = judge_whole(body, stream=job.stream)
     return body, payload, refusal
