@@ -265,15 +265,16 @@ async def test_a_cut_answer_fails_and_counts_against_no_success(
     job, out = _job(stream=stream), Recorder()
     await fwd.serve(job, out)
     assert job.failed
-    assert job.upstream_cut
     track = fwd.rotation.track("acct_a")
     assert track.last_success is None
     assert track.consecutive_failures == 1
     if stream:
+        assert job.upstream_cut
         assert b"response.failed" in out.body
         assert b"response.completed" not in out.body
-    else:
+    else:  # cut before the client got a byte: failed over, and no other account
         assert out.status == 502
+        assert [a.outcome for a in job.attempts] == ["200 cut"]
 
 
 async def test_a_corrupt_accounts_file_is_a_clear_503(
@@ -408,7 +409,7 @@ async def test_a_stall_mid_stream_ends_it_promptly_and_not_as_complete(
         assert not out.finished  # no last chunk: mitmproxy sees a cut stream
 
 
-async def test_a_stall_in_a_whole_answer_is_a_502(
+async def test_a_stall_in_a_whole_answer_is_a_504(
     make: Callable[..., Forwarder],
 ) -> None:
     def handle(request: httpx.Request) -> httpx.Response:
@@ -418,7 +419,7 @@ async def test_a_stall_in_a_whole_answer_is_a_502(
     fwd = make([_key("a")], handle, timeouts=timeouts)
     job, out = _job(), Recorder()
     await fwd.serve(job, out)
-    assert out.status == 502
+    assert out.status == 504  # a timeout, as a hang before the headers is
     assert "no data for 0.2 s" in out.json()["error"]["message"]
 
 
@@ -633,6 +634,27 @@ async def _served_after_a_failover(
     assert (a.last_success, a.consecutive_failures, a.health) == (None, 1, None)
     assert fwd.rotation.track("acct_b").last_success is not None
     return out
+
+
+@pytest.mark.parametrize("stream", [True, False])
+@pytest.mark.parametrize("stalled", [True, False])
+async def test_a_stall_or_cut_before_the_first_event_fails_over(
+    make: Callable[..., Forwarder], stream: bool, stalled: bool
+) -> None:
+    """After the 200 headers, before the first event (or the whole body): nothing
+    was sent, so like a hang before the headers, another account."""
+    keep_alive = b": keep-alive\n\n" if stream else b'{"choices":'
+    body: httpx.AsyncByteStream = (
+        Stalling([keep_alive, SSE[0]], 10) if stalled else Broken(keep_alive)
+    )
+    ctype = "text/event-stream" if stream else "application/json"
+    first = httpx.Response(200, headers={"content-type": ctype}, stream=body)
+    job = _job(stream=stream)
+    timeouts = {"between_chunks_seconds": 0.2}
+    out = await _served_after_a_failover(make, first, job, timeouts=timeouts)
+    outcome = "200 stalled" if stalled else "200 cut"
+    assert [a.outcome for a in job.attempts] == [outcome, "200"]
+    assert (b"response.completed" in out.body) is stream
 
 
 @pytest.mark.parametrize("kind", ["responses", "chat"])
