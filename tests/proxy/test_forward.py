@@ -691,3 +691,22 @@ async def test_a_200_stream_with_no_data_on_the_only_account_is_a_502(
     assert (out.status, job.failed) == (502, True)
     assert out.json()["error"]["code"] == "bad_upstream_answer"
     assert fwd.rotation.track("acct_a").last_success is None
+
+
+async def test_a_200_error_object_with_an_odd_status_fails_over(
+    make: Callable[..., Forwarder],
+) -> None:
+    """A status of "²" passed str.isdigit() and raised in int(): a "502 Proxy
+    error", no failover, the pick never settled."""
+    said = {"error": {"status": "²", "message": "busy"}}
+    seen: list[str] = []
+    fwd = make(
+        [_key("a"), _key("b")],
+        _by_token({"sk-a": [httpx.Response(200, json=said)]}, seen),
+    )
+    job, out = _job(), Recorder()
+    await fwd.serve(job, out)
+    assert seen == ["sk-a", "sk-b"]
+    assert (out.status, job.served_by) == (200, "b")
+    assert [a.outcome for a in job.attempts] == ["200 with error 502", "200"]
+    assert fwd.rotation.track("acct_a").consecutive_failures == 1

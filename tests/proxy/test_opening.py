@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from qwen_oauth_mitm.proxy.opening import (
     OPENING_LIMIT,
@@ -128,3 +130,40 @@ def test_a_stream_that_ends_with_no_data_is_garbage(
     if refusal is not None:
         assert refusal.outcome == "200 no events"
         assert json.loads(refusal.body)["error"]["code"] == "bad_upstream_answer"
+
+
+_status_like = (
+    st.sampled_from(["²", "٤٢٩", "4" * 5000, "429", ""])
+    | st.text(st.characters(categories=["Nd", "No"]), max_size=5)
+    | st.integers()
+    | st.floats()
+)
+_json = st.recursive(
+    st.none() | st.booleans() | _status_like | st.text(max_size=20),
+    lambda kids: (
+        st.lists(kids, max_size=3)
+        | st.dictionaries(st.text(max_size=4), kids, max_size=3)
+    ),
+    max_leaves=12,
+)
+_error_objects = st.dictionaries(
+    st.sampled_from(["status", "status_code", "http_status", "code", "message"]),
+    _status_like | _json,
+    max_size=4,
+)
+
+
+@given(
+    payload=_json | _error_objects | st.fixed_dictionaries({"error": _error_objects}),
+    named=st.booleans(),
+)
+def test_judging_arbitrary_json_never_raises(payload: object, named: bool) -> None:
+    """A raise here escaped the forwarder as "502 Proxy error": no failover, the
+    pick never settled."""
+    raw = json.dumps(payload)
+    for stream in (False, True):
+        _, refusal = judge_whole(raw.encode(), stream=stream)
+        assert refusal is None or 400 <= refusal.status <= 599
+    event = ServerSentEvent(raw, event="error" if named else "message")
+    refusal = judge_stream(event, ended=False)
+    assert refusal is None or 400 <= refusal.status <= 599
