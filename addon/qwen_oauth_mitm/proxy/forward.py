@@ -396,7 +396,10 @@ class Forwarder:
                     Attempt(pick.account.label, "200 stalled" if stalled else "200 cut")
                 )
                 self.rotation.record_failure(
-                    pick, self.clock(), account_fault=False, detail="answer cut"
+                    pick,
+                    self.clock(),
+                    account_fault=False,
+                    detail="answer stalled" if stalled else "answer cut",
                 )
                 message = f"The upstream answer broke off ({_why(e, gap)})."
                 st.last = (504 if stalled else 502, error_body(message))
