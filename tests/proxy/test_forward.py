@@ -273,15 +273,16 @@ async def test_a_cut_answer_fails_and_counts_against_no_success(
     job, out = _job(stream=stream), Recorder()
     await fwd.serve(job, out)
     assert job.failed
-    assert job.upstream_cut
     track = fwd.rotation.track("acct_a")
     assert track.last_success is None
     assert track.consecutive_failures == 1
     if stream:
+        assert job.upstream_cut
         assert b"response.failed" in out.body
         assert b"response.completed" not in out.body
-    else:
+    else:  # cut before the client got a byte: failed over, and no other account
         assert out.status == 502
+        assert [a.outcome for a in job.attempts] == ["200 cut"]
 
 
 async def test_a_corrupt_accounts_file_is_a_clear_503(
@@ -416,7 +417,7 @@ async def test_a_stall_mid_stream_ends_it_promptly_and_not_as_complete(
         assert not out.finished  # no last chunk: mitmproxy sees a cut stream
 
 
-async def test_a_stall_in_a_whole_answer_is_a_502(
+async def test_a_stall_in_a_whole_answer_is_a_504(
     make: Callable[..., Forwarder],
 ) -> None:
     def handle(request: httpx.Request) -> httpx.Response:
@@ -426,7 +427,7 @@ async def test_a_stall_in_a_whole_answer_is_a_502(
     fwd = make([_key("a")], handle, timeouts=timeouts)
     job, out = _job(), Recorder()
     await fwd.serve(job, out)
-    assert out.status == 502
+    assert out.status == 504  # a timeout, as a hang before the headers is
     assert "no data for 0.2 s" in out.json()["error"]["message"]
 
 
@@ -738,3 +739,115 @@ async def test_a_slow_refresh_fails_over_and_saves_its_tokens_later(
     assert saved.refresh_token is not None
     assert saved.refresh_token.get_secret_value() == "rt-a2"
     assert sent == ["rt-a"]
+
+
+# --- a 200 that is no answer, before the client got a byte -----------------------
+
+
+def _chat_job() -> Job:
+    body = {"model": "coder-model", "messages": [], "stream": True}
+    return Job("f1", "chat", body, None, None, True)
+
+
+async def _served_after_a_failover(
+    make: Callable[..., Forwarder], first: httpx.Response, job: Job, **config: Any
+) -> Recorder:
+    """Account a answers ``first``, b a good stream (or whole answer): the client
+    must get b's, and a must have no success and no health penalty."""
+    seen: list[str] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers["authorization"].removeprefix("Bearer "))
+        if seen[-1] == "sk-a":
+            return first
+        if job.stream:
+            return httpx.Response(200, stream=Chunks(list(SSE)))
+        return httpx.Response(200, json=COMPLETION)
+
+    fwd = make([_key("a"), _key("b")], handle, **config)
+    out = Recorder()
+    started = time.monotonic()
+    await fwd.serve(job, out)
+    assert time.monotonic() - started < 2
+    assert seen == ["sk-a", "sk-b"]
+    assert (out.status, job.failed, job.served_by) == (200, False, "b")
+    a = fwd.rotation.track("acct_a")
+    assert (a.last_success, a.consecutive_failures, a.health) == (None, 1, None)
+    assert fwd.rotation.track("acct_b").last_success is not None
+    return out
+
+
+@pytest.mark.parametrize("stream", [True, False])
+@pytest.mark.parametrize("stalled", [True, False])
+async def test_a_stall_or_cut_before_the_first_event_fails_over(
+    make: Callable[..., Forwarder], stream: bool, stalled: bool
+) -> None:
+    """After the 200 headers, before the first event (or the whole body): nothing
+    was sent, so like a hang before the headers, another account."""
+    keep_alive = b": keep-alive\n\n" if stream else b'{"choices":'
+    body: httpx.AsyncByteStream = (
+        Stalling([keep_alive, SSE[0]], 10) if stalled else Broken(keep_alive)
+    )
+    ctype = "text/event-stream" if stream else "application/json"
+    first = httpx.Response(200, headers={"content-type": ctype}, stream=body)
+    job = _job(stream=stream)
+    timeouts = {"between_chunks_seconds": 0.2}
+    out = await _served_after_a_failover(make, first, job, timeouts=timeouts)
+    outcome = "200 stalled" if stalled else "200 cut"
+    assert [a.outcome for a in job.attempts] == [outcome, "200"]
+    assert (b"response.completed" in out.body) is stream
+
+
+@pytest.mark.parametrize("kind", ["responses", "chat"])
+@pytest.mark.parametrize(
+    "chunks",
+    [[], [b": keep-alive\n\n", b"\n\n"], [b"data: [DONE]\n\n"]],
+    ids=["empty", "comments", "done"],
+)
+async def test_a_200_stream_with_no_data_fails_over(
+    make: Callable[..., Forwarder], kind: str, chunks: list[bytes]
+) -> None:
+    """Relayed, it passed for a complete answer (a chat client got an empty 200)."""
+    first = httpx.Response(
+        200, headers={"content-type": "text/event-stream"}, stream=Chunks(chunks)
+    )
+    job = _job(stream=True) if kind == "responses" else _chat_job()
+    out = await _served_after_a_failover(make, first, job)
+    assert [a.outcome for a in job.attempts] == ["200 no events", "200"]
+    if kind == "responses":
+        assert b"response.completed" in out.body
+    else:
+        assert out.body == b"".join(SSE)
+
+
+async def test_a_200_stream_with_no_data_on_the_only_account_is_a_502(
+    make: Callable[..., Forwarder],
+) -> None:
+    def handle(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, stream=Chunks([b": keep-alive\n\n"]))
+
+    fwd = make([_key("a")], handle)
+    job, out = _chat_job(), Recorder()
+    await fwd.serve(job, out)
+    assert (out.status, job.failed) == (502, True)
+    assert out.json()["error"]["code"] == "bad_upstream_answer"
+    assert fwd.rotation.track("acct_a").last_success is None
+
+
+async def test_a_200_error_object_with_an_odd_status_fails_over(
+    make: Callable[..., Forwarder],
+) -> None:
+    """A status of "²" passed str.isdigit() and raised in int(): a "502 Proxy
+    error", no failover, the pick never settled."""
+    said = {"error": {"status": "²", "message": "busy"}}
+    seen: list[str] = []
+    fwd = make(
+        [_key("a"), _key("b")],
+        _by_token({"sk-a": [httpx.Response(200, json=said)]}, seen),
+    )
+    job, out = _job(), Recorder()
+    await fwd.serve(job, out)
+    assert seen == ["sk-a", "sk-b"]
+    assert (out.status, job.served_by) == (200, "b")
+    assert [a.outcome for a in job.attempts] == ["200 with error 502", "200"]
+    assert fwd.rotation.track("acct_a").consecutive_failures == 1

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from qwen_oauth_mitm.proxy.opening import (
     OPENING_LIMIT,
@@ -69,8 +71,6 @@ def test_an_upstream_error_object_is_kept_as_the_body() -> None:
 @pytest.mark.parametrize(
     ("event", "status"),
     [
-        (None, None),
-        (ServerSentEvent("[DONE]"), None),
         (ServerSentEvent(json.dumps({"choices": []})), None),
         (ServerSentEvent("<b>not json</b>"), 502),
         (ServerSentEvent(json.dumps({"error": {"code": "Throttling"}})), 429),
@@ -78,7 +78,7 @@ def test_an_upstream_error_object_is_kept_as_the_body() -> None:
     ],
 )
 def test_a_streams_first_event(event: ServerSentEvent | None, status: int) -> None:
-    refusal = judge_stream(event)
+    refusal = judge_stream(event, ended=False)
     assert (refusal.status if refusal else None) == status
 
 
@@ -110,3 +110,60 @@ def test_the_opening_gives_up_past_its_limit() -> None:
 )
 def test_documents(content_type: str | None, document: bool) -> None:
     assert is_document(content_type) is document
+
+
+@pytest.mark.parametrize(
+    ("event", "ended", "status"),
+    [
+        (None, True, 502),  # empty, or only comments and keep-alives
+        (ServerSentEvent("[DONE]"), False, 502),  # the end before any data
+        (None, False, None),  # past the opening's limit: the translator's to judge
+    ],
+)
+def test_a_stream_that_ends_with_no_data_is_garbage(
+    event: ServerSentEvent | None, ended: bool, status: int | None
+) -> None:
+    """Relayed, it would pass for a complete answer (a chat client gets an empty
+    200), with no failover though nothing was sent yet."""
+    refusal = judge_stream(event, ended=ended)
+    assert (refusal.status if refusal else None) == status
+    if refusal is not None:
+        assert refusal.outcome == "200 no events"
+        assert json.loads(refusal.body)["error"]["code"] == "bad_upstream_answer"
+
+
+_status_like = (
+    st.sampled_from(["²", "٤٢٩", "4" * 5000, "429", ""])
+    | st.text(st.characters(categories=["Nd", "No"]), max_size=5)
+    | st.integers()
+    | st.floats()
+)
+_json = st.recursive(
+    st.none() | st.booleans() | _status_like | st.text(max_size=20),
+    lambda kids: (
+        st.lists(kids, max_size=3)
+        | st.dictionaries(st.text(max_size=4), kids, max_size=3)
+    ),
+    max_leaves=12,
+)
+_error_objects = st.dictionaries(
+    st.sampled_from(["status", "status_code", "http_status", "code", "message"]),
+    _status_like | _json,
+    max_size=4,
+)
+
+
+@given(
+    payload=_json | _error_objects | st.fixed_dictionaries({"error": _error_objects}),
+    named=st.booleans(),
+)
+def test_judging_arbitrary_json_never_raises(payload: object, named: bool) -> None:
+    """A raise here escaped the forwarder as "502 Proxy error": no failover, the
+    pick never settled."""
+    raw = json.dumps(payload)
+    for stream in (False, True):
+        _, refusal = judge_whole(raw.encode(), stream=stream)
+        assert refusal is None or 400 <= refusal.status <= 599
+    event = ServerSentEvent(raw, event="error" if named else "message")
+    refusal = judge_stream(event, ended=False)
+    assert refusal is None or 400 <= refusal.status <= 599

@@ -7,6 +7,8 @@ import email.utils
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from qwen_oauth_mitm.config import parse_timezone
 from qwen_oauth_mitm.rotation.ratelimit import (
@@ -252,3 +254,79 @@ def test_an_error_object_under_200_stands_for_a_status(
     payload: object, status: int
 ) -> None:
     assert embedded_error_status(payload) == status
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "²",  # str.isdigit() says yes; int() refuses it
+        "٤٢٩",  # Arabic-Indic digits: int() reads 429
+        "4" * 5000,  # past Python's int digit limit
+        "",
+    ],
+    ids=["superscript", "arabic-indic", "5000-digits", "empty"],
+)
+@pytest.mark.parametrize("key", ["status", "status_code", "http_status", "code"])
+def test_a_status_string_counts_only_as_three_ascii_digits(
+    key: str, value: str
+) -> None:
+    """Anything else is no status (and never raises out of the 200 judging)."""
+    assert embedded_error_status({"error": {key: value, "message": "x"}}) == 502
+
+
+# What an upstream may put where a status or a hint is looked for.
+_odd_numbers = (
+    st.sampled_from(["²", "٤٢٩", "4" * 5000, "429", "1e999", "-1", "30s", ""])
+    | st.text(st.characters(categories=["Nd", "No"]), max_size=5)
+    | st.integers()
+    | st.integers(min_value=10**300, max_value=10**400)
+    | st.floats()
+)
+_fields = st.sampled_from(
+    [
+        "status",
+        "status_code",
+        "http_status",
+        "code",
+        "type",
+        "message",
+        "retry_after",
+        "retry_after_ms",
+        "retryDelay",
+    ]
+)
+_json = st.recursive(
+    st.none() | st.booleans() | _odd_numbers | st.text(max_size=40),
+    lambda kids: (
+        st.lists(kids, max_size=3)
+        | st.dictionaries(_fields | st.text(max_size=4), kids, max_size=4)
+    ),
+    max_leaves=12,
+)
+_error_objects = st.dictionaries(_fields, _odd_numbers | _json, max_size=4)
+error_payloads = (
+    _json | _error_objects | st.fixed_dictionaries({"error": _error_objects | _json})
+)
+"""Arbitrary JSON shaped like the error objects upstreams send."""
+
+
+@given(
+    payload=error_payloads,
+    status=st.integers(min_value=400, max_value=599),
+    headers=st.dictionaries(
+        st.sampled_from(["retry-after", "Retry-After", "retry-after-ms"]),
+        st.text(max_size=40)
+        | st.sampled_from(["Mon, 01 Jan 99999999999999999999 00:00:00 GMT", "1e999"]),
+    ),
+)
+def test_classifying_arbitrary_error_answers_never_raises(
+    payload: object, status: int, headers: dict[str, str]
+) -> None:
+    """A raise here escaped the forwarder as "502 Proxy error", the pick unsettled."""
+    body = json.dumps(payload).encode()
+    assert 400 <= embedded_error_status(payload) <= 599
+    verdict = classify_error(
+        status, headers, body, now=NOW, reset_tz=SHANGHAI, default_cooldown=60
+    )
+    if verdict.retry_after is not None:
+        assert 1 <= verdict.retry_after <= MAX_HINT_SECONDS

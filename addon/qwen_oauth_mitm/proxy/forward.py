@@ -392,15 +392,21 @@ class Forwarder:
             try:
                 opening, payload, refusal = await _open(chunks, job, sse=sse)
             except (httpx.HTTPError, TimeoutError) as e:
-                # Cut before the client got anything: a 502 it can retry.
-                job.attempts.append(Attempt(pick.account.label, "200 cut"))
-                self.rotation.record_failure(
-                    pick, self.clock(), account_fault=False, detail="answer cut"
+                # Cut or stalled before the client got anything: like a hang before
+                # the headers, the service's fault, so another account, once.
+                stalled = isinstance(e, TimeoutError)
+                job.attempts.append(
+                    Attempt(pick.account.label, "200 stalled" if stalled else "200 cut")
                 )
-                job.upstream_cut = True
+                self.rotation.record_failure(
+                    pick,
+                    self.clock(),
+                    account_fault=False,
+                    detail="answer stalled" if stalled else "answer cut",
+                )
                 message = f"The upstream answer broke off ({_why(e, gap)})."
-                await self._fail(job, out, 502, message)
-                return "done"
+                st.last = (504 if stalled else 502, error_body(message))
+                return self._fail_over_once(pick.account.id, st)
             if refusal is not None:
                 return await self._after_error(job, pick, st, token, response, refusal)
             job.attempts.append(Attempt(pick.account.label, "200"))
@@ -655,11 +661,12 @@ async def _open(
     """Read an answer's opening (a stream's first event, or the whole body) and
     judge it: the bytes read, the parsed body (whole answers) and any refusal."""
     if sse:
-        opening = StreamOpening()
+        opening, ended = StreamOpening(), True
         async for chunk in chunks:
             if opening.feed(chunk):
+                ended = False
                 break
-        return bytes(opening.data), None, judge_stream(opening.event)
+        return bytes(opening.data), None, judge_stream(opening.event, ended=ended)
     body = b"".join([chunk async for chunk in chunks])
     payload, refusal = judge_whole(body, stream=job.stream)
     return body, payload, refusal

@@ -11,7 +11,8 @@ stream whose first event is one, all under HTTP 200. Judged on:
   status it stands for (:func:`~qwen_oauth_mitm.rotation.embedded_error_status`),
   anything else is garbage (502: the service failed, not the account);
 - an event stream: its first event with data (keep-alives and comments skipped). An
-  error object, or data that is not JSON, is judged as above. Later events are
+  error object, or data that is not JSON, is judged as above; a stream that ends
+  before any data (or whose first is ``[DONE]``) is garbage. Later events are
   the stream translator's: by then the client has the start of the stream, so a
   failure becomes ``error`` + ``response.failed``.
 
@@ -68,10 +69,15 @@ class StreamOpening:
         return len(self.data) >= OPENING_LIMIT
 
 
-def judge_stream(event: ServerSentEvent | None) -> Refusal | None:
-    """The first event of an event stream (None: the stream ended without one, a
-    failure the translator reports)."""
-    if event is None or event.data == "[DONE]":
+def judge_stream(event: ServerSentEvent | None, *, ended: bool) -> Refusal | None:
+    """The first event with data of an event stream; ``ended``: the stream ended
+    before one. A stream that ends with none (empty, only comments, or ``[DONE]``
+    first) is no answer: garbage. None past :data:`OPENING_LIMIT` without an event:
+    the translator reports that one, from the bytes it is given."""
+    if (event is None and ended) or (event is not None and event.data == "[DONE]"):
+        message = "The upstream answered 200 with an event stream that had no data."
+        return _garbage(message, "200 no events")
+    if event is None:
         return None
     raw = event.data.encode()
     return _error_object(raw, _parse(raw), named_error=event.event == "error")

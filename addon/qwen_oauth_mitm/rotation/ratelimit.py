@@ -134,7 +134,15 @@ def embedded_error_status(payload: object) -> int:
         source = error if isinstance(error, dict) else payload
         for key in _STATUS_KEYS:
             value = source.get(key)
-            if isinstance(value, str) and value.isdigit():
+            # isdigit() alone takes "²" (int() refuses it), other scripts' digits
+            # and strings past int()'s digit limit: any of them raised out of
+            # the judging of a 200 answer, which then went unsettled.
+            if (
+                isinstance(value, str)
+                and value.isascii()
+                and value.isdigit()
+                and len(value) <= 3
+            ):
                 value = int(value)
             if (
                 isinstance(value, int)
@@ -192,7 +200,7 @@ def _unit_seconds(unit: str | None) -> float:
 def _http_date_delay(raw: str, now: float) -> float | None:
     try:
         when = email.utils.parsedate_to_datetime(raw)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):  # a year of 20 digits
         return None
     if when.tzinfo is None:  # RFC 9110 dates are GMT; "-0000" parses as naive
         when = when.replace(tzinfo=dt.UTC)
@@ -203,7 +211,10 @@ def _number(value: object) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an int of 309 digits or more
+            return None
     elif isinstance(value, str):
         try:
             number = float(value.strip())

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Iterator
 from typing import Any, NoReturn
 
 from qwen_oauth_mitm.translate._check import as_dict, as_list, as_str, fail, opt_bool
@@ -76,43 +76,83 @@ def _too_deep() -> NoReturn:
     )
 
 
-# A path to a value, built only when it is reported: (parent path, key or index).
-_Path = tuple["_Path", str | int] | None
-
-
 def _scan(body: object) -> None:
-    """Depth and numbers of every value, iteratively (a recursive walk is what a
-    deep body breaks). ``json.loads`` takes ``NaN`` and ``Infinity``, JSON has
-    neither, and they would reach the portal inside fields passed on as they are
-    (a JSON schema, tool parameters): refused here, naming the field."""
-    stack: list[tuple[object, int, _Path]] = [(body, 1, None)]
+    """Depth and numbers of every value. ``json.loads`` takes ``NaN``, ``Infinity``
+    and ``1e999``, JSON has none of them, and they would reach the portal inside
+    fields passed on as they are (a JSON schema, tool parameters): refused here,
+    naming the field.
+
+    This runs in the ``request`` hook on bodies of up to the size limit, so it
+    costs about what ``json.loads`` did and no memory beyond a stack as deep as the
+    body: one iterator per open container (a recursive walk is what a deep body
+    breaks), no path kept; the path is looked for only when there is one to name.
+    """
+    if not isinstance(body, dict | list):
+        if isinstance(body, float) and not math.isfinite(body):
+            _not_a_number(body, body)
+        return
+    # type() rather than isinstance: json.loads makes no subclasses, and this loop
+    # runs once per value of the body (isinstance of a union costs it 5x).
+    stack: list[Iterator[object]] = [_values(body)]
     while stack:
-        item, depth, path = stack.pop()
-        if isinstance(item, float) and not math.isfinite(item):
-            if not isinstance(body, dict):  # no field to name
-                raise TranslationError(
-                    f"The request body is not valid JSON: {item}", code="invalid_json"
-                )
-            where = _format(path)
-            fail(f"Invalid value for '{where}': {item} is not a JSON number.", where)
-        if isinstance(item, dict):
-            children: Iterable[tuple[str | int, object]] = item.items()
-        elif isinstance(item, list):
-            children = enumerate(item)
+        for child in stack[-1]:
+            if type(child) is float:
+                if not math.isfinite(child):
+                    _not_a_number(child, body)
+            elif type(child) is dict or type(child) is list:
+                if len(stack) >= MAX_DEPTH:
+                    _too_deep()
+                if child:  # nothing in an empty one to look at
+                    stack.append(_values(child))
+                    break
         else:
-            continue
-        if depth > MAX_DEPTH:
-            _too_deep()
-        stack.extend((child, depth + 1, (path, key)) for key, child in children)
+            stack.pop()
 
 
-def _format(path: _Path) -> str:
-    """``input[2].content[0].text`` (OpenAI's ``param`` style)."""
+def _values(container: dict[str, object] | list[object]) -> Iterator[object]:
+    return iter(container.values() if type(container) is dict else container)
+
+
+def _not_a_number(value: float, body: object) -> NoReturn:
+    if not isinstance(body, dict):  # no field to name
+        raise TranslationError(
+            f"The request body is not valid JSON: {value}", code="invalid_json"
+        )
+    where = _format(_path_of(body, value))
+    fail(f"Invalid value for '{where}': {value} is not a JSON number.", where)
+
+
+def _path_of(body: dict[str, object], target: object) -> list[str | int]:
+    """The keys down to ``target`` (by identity), walked in :func:`_scan`'s order
+    with the same stack, so the first such value is the one it found."""
     keys: list[str | int] = []
-    while path is not None:
-        path, key = path
-        keys.append(key)
+    stack = [_items(body)]
+    while stack:
+        for key, child in stack[-1]:
+            if child is target:
+                return [*keys, key]
+            if isinstance(child, dict | list) and child:
+                keys.append(key)
+                stack.append(_items(child))
+                break
+        else:
+            stack.pop()
+            if keys:
+                keys.pop()
+    raise AssertionError("the value _scan found is in the body")
+
+
+def _items(
+    container: dict[str, object] | list[object],
+) -> Iterator[tuple[str | int, object]]:
+    if isinstance(container, dict):
+        return iter(container.items())
+    return enumerate(container)
+
+
+def _format(keys: list[str | int]) -> str:
+    """``input[2].content[0].text`` (OpenAI's ``param`` style)."""
     out = ""
-    for key in reversed(keys):
+    for key in keys:
         out += f"[{key}]" if isinstance(key, int) else (f".{key}" if out else key)
     return out
