@@ -101,6 +101,46 @@ def write_accounts(paths: StatePaths, accounts: Sequence[Account]) -> None:
     accounts_file(paths.accounts).write(AccountsFile(accounts=tuple(accounts)))
 
 
+def mitmdump_env(
+    config_home: Path,
+    fake: FakeQwenOAuth,
+    portal: FakePortal | None,
+    extra: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The environment of a mitmdump under test: no ``*_PROXY`` or ``QWEN_*``
+    variable of ours, then ``extra``, then the fake servers' URLs (``portal``
+    None: no ``QWEN_API_BASE_URL``) and ``config_home`` as ``XDG_CONFIG_HOME``."""
+    environ = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.upper().endswith("_PROXY") and not k.startswith("QWEN_")
+    }
+    environ.update(extra or {})
+    environ.update(
+        XDG_CONFIG_HOME=str(config_home),
+        QWEN_OAUTH_BASE_URL=fake.url,
+        PYTHONUNBUFFERED="1",  # the log is read while mitmdump runs
+    )
+    if portal is not None:
+        environ["QWEN_API_BASE_URL"] = portal.url
+    return environ
+
+
+def mitmdump_args(
+    confdir: Path, options: Sequence[str] = (), *, script: Path | None = SCRIPT
+) -> list[str]:
+    """``mitmdump`` on a free loopback port with ``script`` (None: no addon)."""
+    return [
+        str(MITMDUMP),
+        "--listen-host", "127.0.0.1",
+        "--listen-port", "0",
+        "--set", f"confdir={confdir}",
+        "--set", "connection_strategy=lazy",
+        *(["-s", str(script)] if script is not None else []),
+        *options,
+    ]  # fmt: skip
+
+
 @contextmanager
 def run_mitmdump(
     tmp: Path,
@@ -119,28 +159,8 @@ def run_mitmdump(
     confdir = tmp / "mitm"
     confdir.mkdir(exist_ok=True)
     log = tmp / "mitmdump.log"
-    environ = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.upper().endswith("_PROXY") and not k.startswith("QWEN_")
-    }
-    environ.update(env or {})
-    environ.update(
-        XDG_CONFIG_HOME=str(tmp / "config"),
-        QWEN_OAUTH_BASE_URL=fake.url,
-        PYTHONUNBUFFERED="1",  # the log is read while mitmdump runs
-    )
-    if portal is not None:
-        environ["QWEN_API_BASE_URL"] = portal.url
-    args = [
-        str(MITMDUMP),
-        "--listen-host", "127.0.0.1",
-        "--listen-port", "0",
-        "--set", f"confdir={confdir}",
-        "--set", "connection_strategy=lazy",
-        "-s", str(SCRIPT),
-        *options,
-    ]  # fmt: skip
+    environ = mitmdump_env(tmp / "config", fake, portal, env)
+    args = mitmdump_args(confdir, options)
     # Defaults unless a test sets them (one option given twice is an error).
     if not any(o.startswith("termlog_verbosity=") for o in options):
         args += ["--set", "termlog_verbosity=debug"]
