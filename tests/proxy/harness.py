@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -35,16 +36,29 @@ LISTENING = re.compile(rb"listening at \S*?:(\d+)")
 def oauth_account(
     fake: FakeQwenOAuth, label: str, *, expires_in: float = 3600.0
 ) -> Account:
-    tokens = fake.issue_tokens()
+    return account_from_tokens(fake.issue_tokens(), label, expires_in=expires_in)
+
+
+def account_from_tokens(
+    tokens: Mapping[str, Any],
+    label: str,
+    *,
+    expires_in: float,
+    account_id: str | None = None,
+    identity: str | None = None,
+) -> Account:
+    """The OAuth account a login that got ``tokens`` stores (id ``acct_<label>``
+    unless given)."""
     now = time.time()
     return Account(
-        id=f"acct_{label}",
+        id=account_id or f"acct_{label}",
         label=label,
         kind="oauth",
         access_token=SecretStr(str(tokens["access_token"])),
         refresh_token=SecretStr(str(tokens["refresh_token"])),
         expires_at=now + expires_in,
         resource_url="portal.qwen.ai",
+        identity=identity,
         added_at=now,
         updated_at=now,
     )
