@@ -1,4 +1,5 @@
-"""Shared test setup: hypothesis profiles, the fake OAuth server, a clean redactor.
+"""Shared test setup: hypothesis profiles, the fake OAuth server and portal, a temp
+state folder, a clean redactor.
 
 ``HYPOTHESIS_PROFILE=fast`` for a quick local loop, ``deep`` for a long hunt; the
 default ``ci`` profile is what ``scripts/test`` runs.
@@ -8,12 +9,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
 
 from qwen_oauth_mitm import redact
 from qwen_oauth_mitm.oauth.fake_server import FakeQwenOAuth
+from qwen_oauth_mitm.paths import StatePaths
+from qwen_oauth_mitm.portal import FakePortal
 
 settings.register_profile("ci", max_examples=200, deadline=None, print_blob=True)
 settings.register_profile("fast", max_examples=20, deadline=None)
@@ -31,6 +35,19 @@ def fake() -> Iterator[FakeQwenOAuth]:
     """A fake Qwen OAuth server on 127.0.0.1 that approves after one poll."""
     with FakeQwenOAuth(interval=0.01, pending_polls=1) as server:
         yield server
+
+
+@pytest.fixture
+def portal(fake: FakeQwenOAuth) -> Iterator[FakePortal]:
+    """The stand-in chat endpoint, accepting the fake OAuth server's tokens."""
+    with FakePortal(fake) as p:
+        yield p
+
+
+@pytest.fixture
+def paths(tmp_path: Path) -> StatePaths:
+    """Where the code under test finds its accounts (a temp OpenCode folder)."""
+    return StatePaths(tmp_path / "config" / "opencode")
 
 
 @pytest.fixture(autouse=True)

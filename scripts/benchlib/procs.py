@@ -24,10 +24,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.proxy.harness import wait_for_port
+from tests.proxy.harness import mitmdump_args, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[2]
-MITMDUMP = ROOT / ".venv" / "bin" / "mitmdump"
 ADDON = ROOT / "addon" / "qwen_addon.py"
 
 
@@ -94,16 +93,7 @@ def mitmdump(
     confdir = home / "mitm"
     confdir.mkdir(exist_ok=True)
     log = home / "mitmdump.log"
-    args = [
-        *prefix,
-        str(MITMDUMP),
-        "--listen-host", "127.0.0.1",
-        "--listen-port", "0",
-        "--set", f"confdir={confdir}",
-        "--set", "connection_strategy=lazy",
-        *(["-s", str(script)] if addon else []),
-        *options,
-    ]  # fmt: skip
+    args = [*prefix, *mitmdump_args(confdir, options, script=script if addon else None)]
     with log.open("wb") as out:
         process = subprocess.Popen(
             args,

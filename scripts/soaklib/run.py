@@ -55,6 +55,7 @@ from scripts.soaklib.checks import ALLOWED, SERVED, check_refreshes, classify
 from scripts.soaklib.client import Kind, Outcome, run_one
 from scripts.soaklib.standin import FaultMix, Record, SoakStandIn
 from tests.proxy.crash import CrashReport, crash_cycles
+from tests.proxy.harness import account_from_tokens
 
 from qwen_oauth_mitm.accounts import Account, AccountsFile
 from qwen_oauth_mitm.paths import StatePaths
@@ -112,19 +113,14 @@ def seed_accounts(
     now = time.time()
     accounts = []
     for i in range(1, n + 1):
-        tokens = standin.seed_account(f"soak{i}@qwen-stand-in.invalid")
+        identity = f"soak{i}@qwen-stand-in.invalid"
         accounts.append(
-            Account(
-                id=f"acct_soak{i}",
-                label=f"oauth{i}",
-                kind="oauth",
-                access_token=SecretStr(str(tokens["access_token"])),
-                refresh_token=SecretStr(str(tokens["refresh_token"])),
-                expires_at=now + lifetime,
-                resource_url="portal.qwen.ai",
-                identity=f"soak{i}@qwen-stand-in.invalid",
-                added_at=now,
-                updated_at=now,
+            account_from_tokens(
+                standin.seed_account(identity),
+                f"oauth{i}",
+                account_id=f"acct_soak{i}",
+                expires_in=lifetime,
+                identity=identity,
             )
         )
     accounts.append(

@@ -5,8 +5,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -78,21 +76,3 @@ def cli_environ(tmp_path: Path, fake: FakeQwenOAuth, home: Path) -> dict[str, st
         PYTHONUNBUFFERED="1",
     )
     return environ
-
-
-def run_cli(
-    args: list[str],
-    environ: dict[str, str],
-    *,
-    stdin: str | None = None,
-    timeout: float = 60,
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "qwen_oauth_mitm", *args],
-        env=environ,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )

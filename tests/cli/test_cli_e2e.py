@@ -14,7 +14,7 @@ import pytest
 
 from qwen_oauth_mitm.oauth.fake_server import FakeQwenOAuth
 
-from .conftest import run_cli
+from .run import run_cli
 
 pytestmark = pytest.mark.e2e
 

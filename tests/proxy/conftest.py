@@ -10,13 +10,8 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-
-from qwen_oauth_mitm.oauth.fake_server import FakeQwenOAuth
-from qwen_oauth_mitm.paths import StatePaths
-from qwen_oauth_mitm.portal import FakePortal
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -34,16 +29,3 @@ def _restore_package_logger() -> Iterator[None]:
         if handler not in handlers:
             logger.removeHandler(handler)
             handler.close()
-
-
-@pytest.fixture
-def portal(fake: FakeQwenOAuth) -> Iterator[FakePortal]:
-    """The stand-in chat endpoint, accepting the fake OAuth server's tokens."""
-    with FakePortal(fake) as p:
-        yield p
-
-
-@pytest.fixture
-def paths(tmp_path: Path) -> StatePaths:
-    """Where the addon under test finds its accounts (a temp OpenCode folder)."""
-    return StatePaths(tmp_path / "config" / "opencode")

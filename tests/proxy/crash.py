@@ -54,7 +54,13 @@ from qwen_oauth_mitm.portal import FakePortal
 from qwen_oauth_mitm.rotation.state import TrackerState
 from qwen_oauth_mitm.store import accounts_file
 
-from .harness import MITMDUMP, SCRIPT, wait_for_port
+from .harness import (
+    mitmdump_args,
+    mitmdump_env,
+    oauth_account,
+    wait_for_port,
+    write_accounts,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 QWEN_OAUTH = ROOT / ".venv" / "bin" / "qwen-oauth"
@@ -237,24 +243,11 @@ def _quiet_on_hang_up(server: LocalServer) -> None:
 
 
 def seed(fake: ChainOAuth, paths: StatePaths, n: int) -> list[Account]:
-    now = time.time()
-    accounts = []
-    for i in range(1, n + 1):
-        tokens = fake.issue_tokens()
-        accounts.append(
-            Account(
-                id=f"acct_crash{i}",
-                label=f"crash{i}",
-                kind="oauth",
-                access_token=SecretStr(str(tokens["access_token"])),
-                refresh_token=SecretStr(str(tokens["refresh_token"])),
-                expires_at=now + fake.token_lifetime,
-                resource_url="portal.qwen.ai",
-                added_at=now,
-                updated_at=now,
-            )
-        )
-    accounts_file(paths.accounts).write(AccountsFile(accounts=tuple(accounts)))
+    accounts = [
+        oauth_account(fake, f"crash{i}", expires_in=fake.token_lifetime)
+        for i in range(1, n + 1)
+    ]
+    write_accounts(paths, accounts)
     return accounts
 
 
@@ -347,28 +340,15 @@ def crash_cycles(
         for server in (fake, portal):
             _quiet_on_hang_up(server)
         seeded = seed(fake, paths, oauth_accounts)
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.upper().endswith("_PROXY") and not k.startswith("QWEN_")
-        }
-        env.update(
-            XDG_CONFIG_HOME=str(workdir / "config"),
-            QWEN_OAUTH_BASE_URL=fake.url,
-            QWEN_API_BASE_URL=portal.url,
-            PYTHONUNBUFFERED="1",
-        )
-        args = [
-            str(MITMDUMP),
-            "--listen-host", "127.0.0.1",
-            "--listen-port", "0",
-            "--set", f"confdir={confdir}",
-            "--set", "connection_strategy=lazy",
-            "--set", "termlog_verbosity=info",
-            "--set", f"qwen_refresh_window_seconds={WINDOW:g}",
-            "--set", "qwen_token_bucket_regeneration_rate_per_minute=100000",
-            "-s", str(SCRIPT),
-        ]  # fmt: skip
+        env = mitmdump_env(workdir / "config", fake, portal)
+        args = mitmdump_args(
+            confdir,
+            [
+                "--set", "termlog_verbosity=info",
+                "--set", f"qwen_refresh_window_seconds={WINDOW:g}",
+                "--set", "qwen_token_bucket_regeneration_rate_per_minute=100000",
+            ],
+        )  # fmt: skip
         shared = _Shared()
         threads: list[threading.Thread] = []
         try:

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -35,16 +36,29 @@ LISTENING = re.compile(rb"listening at \S*?:(\d+)")
 def oauth_account(
     fake: FakeQwenOAuth, label: str, *, expires_in: float = 3600.0
 ) -> Account:
-    tokens = fake.issue_tokens()
+    return account_from_tokens(fake.issue_tokens(), label, expires_in=expires_in)
+
+
+def account_from_tokens(
+    tokens: Mapping[str, Any],
+    label: str,
+    *,
+    expires_in: float,
+    account_id: str | None = None,
+    identity: str | None = None,
+) -> Account:
+    """The OAuth account a login that got ``tokens`` stores (id ``acct_<label>``
+    unless given)."""
     now = time.time()
     return Account(
-        id=f"acct_{label}",
+        id=account_id or f"acct_{label}",
         label=label,
         kind="oauth",
         access_token=SecretStr(str(tokens["access_token"])),
         refresh_token=SecretStr(str(tokens["refresh_token"])),
         expires_at=now + expires_in,
         resource_url="portal.qwen.ai",
+        identity=identity,
         added_at=now,
         updated_at=now,
     )
@@ -101,6 +115,46 @@ def write_accounts(paths: StatePaths, accounts: Sequence[Account]) -> None:
     accounts_file(paths.accounts).write(AccountsFile(accounts=tuple(accounts)))
 
 
+def mitmdump_env(
+    config_home: Path,
+    fake: FakeQwenOAuth,
+    portal: FakePortal | None,
+    extra: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The environment of a mitmdump under test: no ``*_PROXY`` or ``QWEN_*``
+    variable of ours, then ``extra``, then the fake servers' URLs (``portal``
+    None: no ``QWEN_API_BASE_URL``) and ``config_home`` as ``XDG_CONFIG_HOME``."""
+    environ = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.upper().endswith("_PROXY") and not k.startswith("QWEN_")
+    }
+    environ.update(extra or {})
+    environ.update(
+        XDG_CONFIG_HOME=str(config_home),
+        QWEN_OAUTH_BASE_URL=fake.url,
+        PYTHONUNBUFFERED="1",  # the log is read while mitmdump runs
+    )
+    if portal is not None:
+        environ["QWEN_API_BASE_URL"] = portal.url
+    return environ
+
+
+def mitmdump_args(
+    confdir: Path, options: Sequence[str] = (), *, script: Path | None = SCRIPT
+) -> list[str]:
+    """``mitmdump`` on a free loopback port with ``script`` (None: no addon)."""
+    return [
+        str(MITMDUMP),
+        "--listen-host", "127.0.0.1",
+        "--listen-port", "0",
+        "--set", f"confdir={confdir}",
+        "--set", "connection_strategy=lazy",
+        *(["-s", str(script)] if script is not None else []),
+        *options,
+    ]  # fmt: skip
+
+
 @contextmanager
 def run_mitmdump(
     tmp: Path,
@@ -119,28 +173,8 @@ def run_mitmdump(
     confdir = tmp / "mitm"
     confdir.mkdir(exist_ok=True)
     log = tmp / "mitmdump.log"
-    environ = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.upper().endswith("_PROXY") and not k.startswith("QWEN_")
-    }
-    environ.update(env or {})
-    environ.update(
-        XDG_CONFIG_HOME=str(tmp / "config"),
-        QWEN_OAUTH_BASE_URL=fake.url,
-        PYTHONUNBUFFERED="1",  # the log is read while mitmdump runs
-    )
-    if portal is not None:
-        environ["QWEN_API_BASE_URL"] = portal.url
-    args = [
-        str(MITMDUMP),
-        "--listen-host", "127.0.0.1",
-        "--listen-port", "0",
-        "--set", f"confdir={confdir}",
-        "--set", "connection_strategy=lazy",
-        "-s", str(SCRIPT),
-        *options,
-    ]  # fmt: skip
+    environ = mitmdump_env(tmp / "config", fake, portal, env)
+    args = mitmdump_args(confdir, options)
     # Defaults unless a test sets them (one option given twice is an error).
     if not any(o.startswith("termlog_verbosity=") for o in options):
         args += ["--set", "termlog_verbosity=debug"]

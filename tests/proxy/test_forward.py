@@ -106,6 +106,20 @@ def _job(stream: bool = False) -> Job:
     return Job("f1", "responses", t.chat, t, None, stream)
 
 
+def _refresh_of_a_raises(
+    fwd: Forwarder, monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
+    """acct_a's token can't be had (its refresh fails with ``error``); others can."""
+    real = fwd.tokens.access_token
+
+    async def access_token(account_id: str, wait: float | None = None) -> str:
+        if account_id == "acct_a":
+            raise error
+        return await real(account_id, wait=wait)
+
+    monkeypatch.setattr(fwd.tokens, "access_token", access_token)
+
+
 def _by_token(answers: dict[str, list[httpx.Response]], seen: list[str]) -> Handler:
     def handle(request: httpx.Request) -> httpx.Response:
         token = request.headers["authorization"].removeprefix("Bearer ")
@@ -493,14 +507,9 @@ async def test_a_failed_refresh_is_a_failure_at_no_health_cost(
 ) -> None:
     seen: list[str] = []
     fwd = make([_key("a"), _key("b")], _by_token({}, seen))
-    real = fwd.tokens.access_token
-
-    async def access_token(account_id: str, wait: float | None = None) -> str:
-        if account_id == "acct_a":
-            raise TransientAuthError("the OAuth server did not answer in time")
-        return await real(account_id, wait=wait)
-
-    monkeypatch.setattr(fwd.tokens, "access_token", access_token)
+    _refresh_of_a_raises(
+        fwd, monkeypatch, TransientAuthError("the OAuth server did not answer in time")
+    )
     for _ in range(3):
         job, out = _job(), Recorder()
         await fwd.serve(job, out)
@@ -685,14 +694,7 @@ async def test_a_local_file_error_at_refresh_costs_the_account_nothing(
     """Not the OAuth server's doing, nor the account's: skipped, not counted."""
     seen: list[str] = []
     fwd = make([_key("a"), _key("b")], _by_token({}, seen))
-    real = fwd.tokens.access_token
-
-    async def access_token(account_id: str, wait: float | None = None) -> str:
-        if account_id == "acct_a":
-            raise error
-        return await real(account_id, wait=wait)
-
-    monkeypatch.setattr(fwd.tokens, "access_token", access_token)
+    _refresh_of_a_raises(fwd, monkeypatch, error)
     job, out = _job(), Recorder()
     await fwd.serve(job, out)
     assert out.status == 200

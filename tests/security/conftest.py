@@ -14,10 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from qwen_oauth_mitm.oauth.fake_server import FakeQwenOAuth
-from qwen_oauth_mitm.paths import StatePaths
-from qwen_oauth_mitm.portal import FakePortal
-
 from .evil import EvilListener
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,19 +24,6 @@ with warnings.catch_warnings():
     # mitmproxy imports ldap3, which touches names pyasn1 deprecated (not ours).
     warnings.simplefilter("ignore", DeprecationWarning)
     import mitmproxy.io  # noqa: F401
-
-
-@pytest.fixture
-def portal(fake: FakeQwenOAuth) -> Iterator[FakePortal]:
-    """The stand-in chat endpoint, accepting the fake OAuth server's tokens."""
-    with FakePortal(fake) as p:
-        yield p
-
-
-@pytest.fixture
-def paths(tmp_path: Path) -> StatePaths:
-    """Where the proxy under test finds its accounts (a temp OpenCode folder)."""
-    return StatePaths(tmp_path / "config" / "opencode")
 
 
 @pytest.fixture

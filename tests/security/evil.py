@@ -10,8 +10,9 @@ import socket
 import socketserver
 import threading
 import time
-from types import TracebackType
 from typing import Any
+
+from .background import Background
 
 
 class _Recorder(socketserver.BaseRequestHandler):
@@ -26,7 +27,7 @@ class _Recorder(socketserver.BaseRequestHandler):
             pass  # a timeout or reset ends this connection; it is counted already
 
 
-class EvilListener(socketserver.ThreadingTCPServer):
+class EvilListener(Background, socketserver.ThreadingTCPServer):
     """``with EvilListener() as evil: ...; assert evil.connections() == []``"""
 
     daemon_threads = True
@@ -76,16 +77,6 @@ class EvilListener(socketserver.ThreadingTCPServer):
                 time.sleep(0.01)
         raise AssertionError("the recording listener stopped accepting")
 
-    def __enter__(self) -> EvilListener:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def _stop(self) -> None:
         self.shutdown()
         self.server_close()
-        self._thread.join(timeout=5)

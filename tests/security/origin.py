@@ -11,15 +11,16 @@ import socket
 import ssl
 import threading
 from pathlib import Path
-from types import TracebackType
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from .background import Background
 
-class Origin:
+
+class Origin(Background):
     """``with Origin(answer) as o: ...; o.requests`` (raw bytes, in order)."""
 
     def __init__(self, answer: bytes, tls: ssl.SSLContext | None = None) -> None:
@@ -49,20 +50,10 @@ class Origin:
             return conn
         return self.tls.wrap_socket(conn, server_side=True)
 
-    def __enter__(self) -> Origin:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def _stop(self) -> None:
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
         self._sock.close()
-        self._thread.join(timeout=5)
 
 
 def _read_request(conn: socket.socket) -> bytes:

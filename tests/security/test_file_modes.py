@@ -10,11 +10,11 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.cli.run import run_cli
 from tests.proxy.harness import oauth_account, run_mitmdump, write_accounts
 
 from qwen_oauth_mitm.oauth.fake_server import FakeQwenOAuth
@@ -48,15 +48,7 @@ def test_the_cli_creates_a_private_folder_and_files(tmp_path: Path) -> None:
     environ.update(XDG_CONFIG_HOME=str(tmp_path / "xdg"), HOME=str(tmp_path))
 
     def cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "qwen_oauth_mitm", *args],
-            env=environ,
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+        return run_cli(list(args), environ, stdin=stdin, timeout=30)
 
     added = cli("add-key", "--label", "plan", stdin="sk-plan-key-0123456789\n")
     assert added.returncode == 0, added.stderr

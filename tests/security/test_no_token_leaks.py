@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ import httpx
 import pytest
 from mitmproxy import http as mitm_http
 from mitmproxy import io as mitm_io
+from tests.cli.run import run_cli
 from tests.proxy.harness import run_mitmdump
 
 from qwen_oauth_mitm.oauth.fake_server import FakeQwenOAuth
@@ -96,15 +96,7 @@ class Captured:
 def _cli(
     args: list[str], environ: dict[str, str], seen: Captured, *, stdin: str = ""
 ) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "qwen_oauth_mitm", *args],
-        env=environ,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_cli(args, environ, stdin=stdin, timeout=60)
     seen.add(f"qwen-oauth {' '.join(args)} stdout", result.stdout)
     seen.add(f"qwen-oauth {' '.join(args)} stderr", result.stderr)
     return result

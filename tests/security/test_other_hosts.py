@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from tests.proxy.harness import (
-    MITMDUMP,
+    mitmdump_args,
     oauth_account,
     run_mitmdump,
     wait_for_port,
@@ -108,11 +108,7 @@ def _plain_mitmdump(tmp: Path) -> Iterator[tuple[int, Path]]:
     tmp.mkdir()
     log = tmp / "mitmdump.log"
     environ = {k: v for k, v in os.environ.items() if not k.upper().endswith("_PROXY")}
-    args = [
-        str(MITMDUMP), "--listen-host", "127.0.0.1", "--listen-port", "0",
-        "--set", f"confdir={tmp}", "--set", "connection_strategy=lazy",
-        "--set", "ssl_insecure=true",
-    ]  # fmt: skip
+    args = mitmdump_args(tmp, ["--set", "ssl_insecure=true"], script=None)
     with log.open("wb") as out:
         process = subprocess.Popen(
             args, stdout=out, stderr=subprocess.STDOUT, env=environ
