@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import gc
 import io
 import json
 import logging
 import re
 import time
 import traceback
-import weakref
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -79,16 +78,51 @@ def test_a_secret_containing_another_is_hidden_whole() -> None:
     assert reg.redact("abcdefghijklmnop") == fingerprint("abcdefghijklmnop")
 
 
-def test_a_replaced_pattern_is_not_kept_alive() -> None:
-    # Each registration compiles a new pattern of every secret; were the old ones
-    # kept (re's cache holds hundreds), memory would grow with every refresh.
+def test_registering_costs_about_the_secrets_themselves() -> None:
+    # Every token refresh registers two secrets. One regular expression of all of
+    # them, compiled anew each time, cost megabytes (and tens of milliseconds on
+    # mitmproxy's loop) once there were a thousand: the soak saw mitmdump grow.
     registry = SecretRegistry()
-    registry.add("first-secret-0001")
-    assert registry._pattern is not None
-    old = weakref.ref(registry._pattern)
-    registry.add("second-secret-0002")
-    gc.collect()
-    assert old() is None
+    secrets = [f"tok-{i:05d}-" + "x" * 30 for i in range(2000)]
+    tracemalloc.start()
+    try:
+        for secret in secrets:
+            registry.add(secret)
+        current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    size = sum(len(x) for x in secrets)
+    assert current < 8 * size, (current, size)
+    assert peak < 12 * size, (peak, size)
+    assert registry.redact(f"a {secrets[0]} b {secrets[-1]}") == (
+        f"a {fingerprint(secrets[0])} b {fingerprint(secrets[-1])}"
+    )
+
+
+def test_a_secret_inside_other_text_or_with_spaces_is_hidden() -> None:
+    reg = SecretRegistry()
+    reg.add("inner-secret-1234", "two words secret")
+    assert (
+        reg.redact("x=inner-secret-1234&y") == f"x={fingerprint('inner-secret-1234')}&y"
+    )
+    assert reg.redact("aainner-secret-1234bb") == (
+        f"aa{fingerprint('inner-secret-1234')}bb"
+    )
+    assert reg.redact("say two words secret now") == (
+        f"say {fingerprint('two words secret')} now"
+    )
+
+
+def test_a_secret_registered_again_is_the_newest_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(redact, "MAX_REGISTERED", 2)
+    reg = SecretRegistry()
+    reg.add("secret-one-1", "secret-two-2")
+    reg.add("secret-one-1")  # still in use: the accounts file was read again
+    reg.add("secret-three-3")
+    assert "secret-one-1" not in reg.redact("secret-one-1")
+    assert "secret-two-2" in reg.redact("secret-two-2")  # the oldest went
 
 
 def test_registry_forgets_the_oldest_past_its_cap(
