@@ -853,3 +853,23 @@ async def test_a_200_error_object_with_an_odd_status_fails_over(
     assert (out.status, job.served_by) == (200, "b")
     assert [a.outcome for a in job.attempts] == ["200 with error 502", "200"]
     assert fwd.rotation.track("acct_a").consecutive_failures == 1
+
+
+async def test_a_200_error_object_that_blames_the_request_is_a_400_at_once(
+    make: Callable[..., Forwarder],
+) -> None:
+    """A content-moderation refusal under a 200: another account would refuse it
+    too, so no failover and no cooldown; the client is told."""
+    said = {"error": {"code": "data_inspection_failed", "message": "Inappropriate"}}
+    seen: list[str] = []
+    fwd = make(
+        [_key("a"), _key("b")],
+        _by_token({"sk-a": [httpx.Response(200, json=said)]}, seen),
+    )
+    job, out = _job(), Recorder()
+    await fwd.serve(job, out)
+    assert seen == ["sk-a"]
+    assert out.status == 400
+    assert "Inappropriate" in out.body.decode()
+    assert [a.outcome for a in job.attempts] == ["200 with error 400"]
+    assert fwd.rotation.track("acct_a").cooldown is None

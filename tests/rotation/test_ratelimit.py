@@ -246,6 +246,18 @@ def test_quota_day_is_the_date_in_the_reset_zone() -> None:
         ({"error": {"code": 200, "message": "odd"}}, 502),
         ({"error": {"code": True, "message": "odd"}}, 502),
         ({"error": {"code": "InternalError", "message": "Internal error"}}, 502),
+        ({"code": "data_inspection_failed", "message": "Input inappropriate"}, 400),
+        ({"error": {"code": "InvalidParameter", "message": "bad top_p"}}, 400),
+        ({"error": {"type": "invalid_request_error", "message": "no"}}, 400),
+        (
+            {
+                "error": {
+                    "type": "invalid_request_error",
+                    "message": "Rate limit reached",
+                }
+            },
+            429,
+        ),
         ({"error": "boom"}, 502),
         ([1, 2], 502),
     ],

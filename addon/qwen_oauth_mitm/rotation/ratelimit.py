@@ -127,7 +127,8 @@ def embedded_error_status(payload: object) -> int:
     A status it names (``status``, ``status_code``, ``http_status`` or a numeric
     ``code``, 400-599); else 429 when its code or message speaks of throttling, a
     quota or a rate limit (so :func:`classify_error` cools the account down); else
-    502: the service failed, not the account.
+    400 when its code blames the request (no failover: another account would
+    refuse it too); else 502: the service failed, not the account.
     """
     if isinstance(payload, dict):
         error = payload.get("error")
@@ -154,7 +155,23 @@ def embedded_error_status(payload: object) -> int:
     markers = f"{code} {message}"
     if any(p.search(markers) for p in (_THROTTLE_TEXT, _QUOTA_TEXT, _RATE_LIMIT_TEXT)):
         return 429
+    if _REQUEST_FAULT_CODES.intersection(code.lower().split()):
+        return 400  # the request's fault: another account would refuse it too
     return 502
+
+
+_REQUEST_FAULT_CODES = frozenset(
+    {
+        "invalid_request_error",
+        "invalidparameter",
+        "invalid_parameter",
+        "data_inspection_failed",
+        "datainspectionfailed",
+        "context_length_exceeded",
+    }
+)
+"""Error codes (OpenAI's and DashScope's) that blame the request, not the service
+or the account: a content-moderation refusal, a bad parameter, a prompt too long."""
 
 
 # --- hints ----------------------------------------------------------------------------
