@@ -118,3 +118,18 @@ def one_of(value: str, param: str, allowed: tuple[str, ...]) -> str:
         shown = ", ".join(repr(a) for a in allowed)
         fail(f"Invalid value for '{param}': {value!r}. Supported: {shown}.", param)
     return value
+
+
+def require_model(body: dict[str, Any], required: str) -> str:
+    """A request's model (a non-empty string), its ``required`` field present
+    (``input`` for Responses, ``messages`` for Chat Completions); 400 otherwise."""
+    model = as_str(body.get("model"), "model")
+    if not model:
+        fail("'model' must not be empty.", "model")
+    if body.get(required) is None:
+        fail(
+            f"Missing required parameter: '{required}'.",
+            required,
+            "missing_required_parameter",
+        )
+    return model

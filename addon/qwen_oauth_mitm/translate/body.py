@@ -22,7 +22,13 @@ import math
 from collections.abc import Iterator
 from typing import Any, NoReturn
 
-from qwen_oauth_mitm.translate._check import as_dict, as_list, as_str, fail, opt_bool
+from qwen_oauth_mitm.translate._check import (
+    as_dict,
+    as_list,
+    fail,
+    opt_bool,
+    require_model,
+)
 from qwen_oauth_mitm.translate.errors import TranslationError
 
 __all__ = ["MAX_DEPTH", "check_chat_request", "parse_body"]
@@ -54,15 +60,7 @@ def check_chat_request(body: object) -> dict[str, Any]:
     """The fields of a Chat Completions body the proxy relies on; 400 naming one."""
     if not isinstance(body, dict):
         raise TranslationError("The request body must be a JSON object.")
-    model = as_str(body.get("model"), "model")
-    if not model:
-        fail("'model' must not be empty.", "model")
-    if body.get("messages") is None:
-        fail(
-            "Missing required parameter: 'messages'.",
-            "messages",
-            "missing_required_parameter",
-        )
+    require_model(body, "messages")
     for index, message in enumerate(as_list(body["messages"], "messages")):
         as_dict(message, f"messages[{index}]")
     opt_bool(body.get("stream"), "stream")

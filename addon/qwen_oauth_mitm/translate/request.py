@@ -26,6 +26,7 @@ from qwen_oauth_mitm.translate._check import (
     opt_number,
     opt_of,
     opt_str,
+    require_model,
     unsupported,
 )
 from qwen_oauth_mitm.translate.errors import TranslationError
@@ -116,15 +117,7 @@ def translate_request(
     if not isinstance(body, dict):
         raise TranslationError("The request body must be a JSON object.")
     _reject_unsupported(body)
-    model = as_str(body.get("model"), "model")
-    if not model:
-        fail("'model' must not be empty.", "model")
-    if body.get("input") is None:
-        fail(
-            "Missing required parameter: 'input'.",
-            "input",
-            "missing_required_parameter",
-        )
+    model = require_model(body, "input")
     instructions = opt_str(body.get("instructions"), "instructions")
     messages = translate_input(body["input"], instructions)
     if not messages:
