@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from scripts.bench_translate import WORDS, build_stream
+from scripts.bench_translate import WORDS, workload
 from scripts.benchlib.client import Result, Target, stream_once
 from scripts.benchlib.procs import ROOT, Mitmdump, mitmdump, read_memory
 from scripts.benchlib.standin import StampingPortal
@@ -56,7 +56,7 @@ from qwen_oauth_mitm.oauth.fake_server import FakeQwenOAuth
 from qwen_oauth_mitm.paths import StatePaths
 from qwen_oauth_mitm.portal import Fault
 from qwen_oauth_mitm.rotation.bench import bench_pick
-from qwen_oauth_mitm.translate import StreamTranslator, counter_ids, translate_request
+from qwen_oauth_mitm.translate import translate_request
 
 FIXTURE = ROOT / "tests" / "fixtures" / "opencode-1.18.33-main-request.json"
 CHAT_BODY = json.dumps(
@@ -221,28 +221,15 @@ def alternate(
 
 
 def bench_translator(scale: Scale, report: Report) -> None:
-    stream, payloads = build_stream(scale.translate_chunks)
-    request = translate_request({"model": "coder-model", "input": "hi", "stream": True})
-
-    def floor() -> None:
-        for payload in payloads:
-            json.dumps(json.loads(payload))
-
-    def translate() -> None:
-        translator = StreamTranslator(request, now=0, ids=counter_ids())
-        for start in range(0, len(stream), 16_384):
-            translator.feed(stream[start : start + 16_384])
-        translator.finish()
-        assert translator.outcome.status == "completed", translator.outcome
-
-    t_floor, t_ours = alternate(scale.translate_repeat, floor, translate)
-    mb = len(stream) / 1e6
+    work = workload(scale.translate_chunks)
+    t_floor, t_ours = alternate(scale.translate_repeat, work.floor, work.translate)
+    mb = work.megabytes
     r = t_floor / t_ours
     report.add(
         Row(
             "1",
             f"stream translator, MB/s of upstream SSE ({mb:.1f} MB, "
-            f"{len(payloads)} chunks)",
+            f"{work.chunks} chunks)",
             f"json.loads+dumps {mb / t_floor:.1f}",
             f"{mb / t_ours:.1f}",
             f"{r:.2f}",
