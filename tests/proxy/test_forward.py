@@ -836,12 +836,11 @@ async def test_a_200_stream_with_no_data_on_the_only_account_is_a_502(
     assert fwd.rotation.track("acct_a").last_success is None
 
 
-async def test_a_200_error_object_with_an_odd_status_fails_over(
-    make: Callable[..., Forwarder],
-) -> None:
-    """A status of "²" passed str.isdigit() and raised in int(): a "502 Proxy
-    error", no failover, the pick never settled."""
-    said = {"error": {"status": "²", "message": "busy"}}
+async def _served_after_a_200_saying(
+    make: Callable[..., Forwarder], said: object
+) -> tuple[Forwarder, Job, Recorder, list[str]]:
+    """Accounts a and b, a answering 200 with ``said``: one request served; the
+    tokens the upstream saw, in order."""
     seen: list[str] = []
     fwd = make(
         [_key("a"), _key("b")],
@@ -849,6 +848,16 @@ async def test_a_200_error_object_with_an_odd_status_fails_over(
     )
     job, out = _job(), Recorder()
     await fwd.serve(job, out)
+    return fwd, job, out, seen
+
+
+async def test_a_200_error_object_with_an_odd_status_fails_over(
+    make: Callable[..., Forwarder],
+) -> None:
+    """A status of "²" passed str.isdigit() and raised in int(): a "502 Proxy
+    error", no failover, the pick never settled."""
+    said = {"error": {"status": "²", "message": "busy"}}
+    fwd, job, out, seen = await _served_after_a_200_saying(make, said)
     assert seen == ["sk-a", "sk-b"]
     assert (out.status, job.served_by) == (200, "b")
     assert [a.outcome for a in job.attempts] == ["200 with error 502", "200"]
@@ -861,13 +870,7 @@ async def test_a_200_error_object_that_blames_the_request_is_a_400_at_once(
     """A content-moderation refusal under a 200: another account would refuse it
     too, so no failover and no cooldown; the client is told."""
     said = {"error": {"code": "data_inspection_failed", "message": "Inappropriate"}}
-    seen: list[str] = []
-    fwd = make(
-        [_key("a"), _key("b")],
-        _by_token({"sk-a": [httpx.Response(200, json=said)]}, seen),
-    )
-    job, out = _job(), Recorder()
-    await fwd.serve(job, out)
+    fwd, job, out, seen = await _served_after_a_200_saying(make, said)
     assert seen == ["sk-a"]
     assert out.status == 400
     assert "Inappropriate" in out.body.decode()
