@@ -440,7 +440,9 @@ class Forwarder:
     ) -> Step:
         """Settle an error answer (a status >= 400, or a 200 judged one)."""
         account, cfg, now = pick.account, self.config, self.clock()
-        # Redacted once, here: its words reach logs and the saved cooldown detail.
+        # Redacted as it comes in: its words reach logs and the saved cooldown
+        # detail. (What goes to the client is redacted again on the way out, in
+        # _upstream_error: every error body passes there, ours too.)
         status, body = refusal.status, _redacted(refusal.body)
         job.attempts.append(Attempt(account.label, refusal.outcome))
         verdict = classify_error(
