@@ -18,6 +18,9 @@ from qwen_oauth_mitm.paths import StatePaths
 from qwen_oauth_mitm.proxy.addon import QwenAddon
 from qwen_oauth_mitm.proxy.jobs import Attempt
 from qwen_oauth_mitm.proxy.options import HELP
+from qwen_oauth_mitm.proxy.outbox import HEAD_WAIT
+
+from .test_forward import Recorder
 
 
 def _flow(
@@ -186,12 +189,50 @@ class TestRelayRewrite:
         body = b'{"model":"m","messages":[],"stream":true}'
         f = _flow(path="/v1/chat/completions", body=body)
         await running.request(f)
+        job = running.jobs[f.id]
+        assert job.task is not None
+        assert job.outbox is not None
+        job.task.cancel()  # this test writes to its outbox itself
         f.response = tutils.tresp()
         running.responseheaders(f)
         assert f.response.stream is True
+        # The job was told: its first bytes need not wait for the head.
+        job.outbox.attach(Recorder())
+        await asyncio.wait_for(job.outbox.write(b"first"), HEAD_WAIT / 2)
         running.response(f)
         assert f.id not in running.jobs
         assert f.comment.startswith("qwen")
+
+    async def test_the_job_runs_before_the_relay_connection_arrives(
+        self, running: QwenAddon
+    ) -> None:
+        f = _flow(path="/v1/chat/completions", body=b'{"model":"m","messages":[]}')
+        await running.request(f)
+        job = running.jobs[f.id]
+        assert job.task is not None
+        for _ in range(50):  # no account: the job knows its answer at once
+            if job.status is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert job.status == 429
+        assert not job.task.done()  # it waits for the relay to carry it out
+        out = Recorder()
+        await asyncio.wait_for(running._serve_relay(f"/{f.id}", out), 2)
+        assert out.status == 429
+        assert "account" in out.json()["error"]["message"]
+        assert job.task.done()
+
+    async def test_a_flow_that_fails_before_the_relay_cancels_its_job(
+        self, running: QwenAddon
+    ) -> None:
+        f = _flow(path="/v1/chat/completions", body=b'{"model":"m","messages":[]}')
+        await running.request(f)
+        task = running.jobs[f.id].task
+        assert task is not None
+        running.error(f)
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert running.jobs == {}
 
     async def test_whole_answers_stay_buffered(self, running: QwenAddon) -> None:
         f = _flow(path="/v1/chat/completions", body=b'{"model":"m","messages":[]}')

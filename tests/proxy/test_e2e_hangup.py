@@ -63,6 +63,6 @@ def test_a_client_that_hangs_up_mid_stream_closes_the_upstream_stream(
                 assert time.monotonic() < deadline + 1, proxy.output()[-3000:]
                 time.sleep(0.05)
             log = proxy.output()
-        assert "the client went away; request" in log
+        assert "the client went away" in log  # the relay or the error hook saw it
         assert "cut; 0 relayed flows open" in log
         assert portal.statuses() == [200]

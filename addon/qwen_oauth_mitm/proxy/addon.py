@@ -11,12 +11,14 @@ A thin shell. Hooks:
   (:mod:`.bodylimit`); a too large one gets a 413.
 - ``request``: only flows to the Qwen API host(s) are touched (:mod:`.scope`).
   ``GET /v1/models`` is answered here; ``POST /v1/responses`` is translated and
-  ``POST /v1/chat/completions`` kept, and both are rewritten to the relay, which
-  picks the account, swaps the token and fails over (:mod:`.forward`). Anything
-  else on those hosts gets a 404: a flow never reaches the real portal with the
-  client's own (dummy) key.
+  ``POST /v1/chat/completions`` kept, and both are rewritten to the relay. The
+  job starts here, in a task (pick the account, swap the token, send upstream,
+  fail over: :mod:`.forward`), while mitmproxy carries the flow to the relay,
+  which only writes the answer out (:mod:`.outbox`). Anything else on those
+  hosts gets a 404: a flow never reaches the real portal with the client's own
+  (dummy) key.
 - ``responseheaders``: relayed answers stream (``stream = True``), so events reach
-  the client as the relay produces them.
+  the client as the relay produces them; the job learns that its head was taken.
 - ``response``/``error``: ``flow.comment`` says which account served and what was
   tried; failed flows are marked.
 
@@ -48,6 +50,7 @@ from qwen_oauth_mitm.proxy.bodylimit import MIB, BodyCollector, declared_length
 from qwen_oauth_mitm.proxy.forward import Forwarder, make_http_client
 from qwen_oauth_mitm.proxy.jobs import MODELS_BODY, Job, Kind, error_body
 from qwen_oauth_mitm.proxy.logs import LogSetup
+from qwen_oauth_mitm.proxy.outbox import Outbox
 from qwen_oauth_mitm.proxy.relay import Relay, ResponseWriter
 from qwen_oauth_mitm.proxy.scope import is_intercepted
 from qwen_oauth_mitm.rotation import (
@@ -180,6 +183,9 @@ class QwenAddon:
             with contextlib.suppress(BaseException):
                 await task
         self._background = []
+        for job in self.jobs.values():
+            if job.task is not None:
+                job.task.cancel()
         await self.relay.stop()
         self.relay_port = None
         if self.forwarder is not None and self._tracker is not None:
@@ -367,6 +373,13 @@ class QwenAddon:
 
     def _accept(self, flow: http.HTTPFlow, job: Job, body: object) -> None:
         self.jobs[flow.id] = job
+        if self.forwarder is not None:
+            # Served from now on; the relay connection mitmproxy is about to
+            # open only carries the answer out (see .outbox).
+            job.outbox = Outbox()
+            job.task = spawn(
+                self.forwarder.serve(job, job.outbox), name=f"qwen job {flow.id}"
+            )
         flow.metadata["qwen"] = {"kind": job.kind, "stream": job.stream}
         if job.kind == "responses":
             flow.metadata["qwen"]["responses_request"] = body
@@ -407,6 +420,8 @@ class QwenAddon:
                 # The relay wrote the final bytes: pass them on as they come.
                 # Whole answers stay buffered, so mitmweb shows their body.
                 flow.response.stream = True
+            if job is not None and job.outbox is not None:
+                job.outbox.head_taken()
         except Exception:
             log.exception("flow %s: responseheaders", flow.id)
 
@@ -437,6 +452,11 @@ class QwenAddon:
             job = self.jobs.pop(flow.id, None)
             if job is None:
                 return
+            if job.task is not None and not job.task.done():
+                # The client is gone, perhaps before mitmproxy reached the relay:
+                # nobody is left to read the answer, nor to spend an account on.
+                log.info("flow %s: the client went away; its job is abandoned", flow.id)
+                job.task.cancel()
             _show_client_body(flow, job)
             flow.comment = job.comment() + " · stream cut"
             flow.marked = FAILED_MARK
@@ -469,7 +489,12 @@ class QwenAddon:
         if job.refusal is not None:
             await out.answer(*job.refusal)
             return
-        await self.forwarder.serve(job, out)
+        if job.task is None or job.outbox is None:
+            await self.forwarder.serve(job, out)  # accepted before running
+            return
+        job.outbox.attach(out)
+        # Cancelled (mitmproxy hung up, the relay stops): so is the job.
+        await job.task
 
     # --- commands -----------------------------------------------------------------
 

@@ -64,7 +64,7 @@ from qwen_oauth_mitm.proxy.opening import (
     judge_stream,
     judge_whole,
 )
-from qwen_oauth_mitm.proxy.relay import ResponseWriter
+from qwen_oauth_mitm.proxy.outbox import AnswerWriter
 from qwen_oauth_mitm.proxy.scope import DisallowedHost, api_base
 from qwen_oauth_mitm.rotation import (
     AllUnavailable,
@@ -244,7 +244,7 @@ class Forwarder:
             with contextlib.suppress(Exception):
                 await self._saving
 
-    async def serve(self, job: Job, out: ResponseWriter) -> None:
+    async def serve(self, job: Job, out: AnswerWriter) -> None:
         try:
             await self._serve(job, out)
         except ConnectionError:
@@ -260,7 +260,7 @@ class Forwarder:
         finally:
             self._save()
 
-    async def _serve(self, job: Job, out: ResponseWriter) -> None:
+    async def _serve(self, job: Job, out: AnswerWriter) -> None:
         st = _State()
         for _ in range(MAX_ROUNDS):
             pick = await self._pick(job, st)
@@ -306,7 +306,7 @@ class Forwarder:
             st.waited += delay + WAIT_MARGIN
 
     async def _attempt(
-        self, job: Job, pick: Pick, st: _State, out: ResponseWriter
+        self, job: Job, pick: Pick, st: _State, out: AnswerWriter
     ) -> Step:
         """Send the request with ``pick``'s account and settle the pick."""
         account = pick.account
@@ -382,7 +382,7 @@ class Forwarder:
         st: _State,
         token: str,
         response: httpx.Response,
-        out: ResponseWriter,
+        out: AnswerWriter,
     ) -> Step:
         """Judge the answer's opening, then relay it (see :mod:`.opening`)."""
         gap = self.config.timeouts.between_chunks_seconds
@@ -545,7 +545,7 @@ class Forwarder:
         job: Job,
         opening: bytes,
         chunks: AsyncGenerator[bytes],
-        out: ResponseWriter,
+        out: AnswerWriter,
     ) -> None:
         headers = [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache")]
         job.status = 200
@@ -585,7 +585,7 @@ class Forwarder:
         response: httpx.Response,
         body: bytes,
         payload: object,
-        out: ResponseWriter,
+        out: AnswerWriter,
     ) -> None:
         if job.translated is None:
             job.status = 200
@@ -606,7 +606,7 @@ class Forwarder:
     async def _unavailable(
         self,
         job: Job,
-        out: ResponseWriter,
+        out: AnswerWriter,
         result: AllUnavailable,
         now: float,
         last: tuple[int, bytes] | None,
@@ -625,7 +625,7 @@ class Forwarder:
             await out.answer(429, body, extra=extra)
 
     async def _upstream_error(
-        self, job: Job, out: ResponseWriter, status: int, body: bytes
+        self, job: Job, out: AnswerWriter, status: int, body: bytes
     ) -> None:
         body = _redacted(body)  # the client and the flow mitmproxy keeps
         if job.kind == "responses":
@@ -640,7 +640,7 @@ class Forwarder:
     async def _fail(
         self,
         job: Job,
-        out: ResponseWriter,
+        out: AnswerWriter,
         status: int,
         message: str,
         body: bytes | None = None,

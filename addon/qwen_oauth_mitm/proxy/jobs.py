@@ -6,10 +6,12 @@ Also the Responses-shaped error bodies every failure becomes.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from qwen_oauth_mitm.proxy.outbox import Outbox
 from qwen_oauth_mitm.translate import TranslatedRequest
 
 Kind = Literal["responses", "chat"]
@@ -55,6 +57,10 @@ class Job:
     """The body as the client sent it: the relay needs none (the job carries it
     parsed), so the flow goes without; it is put back on the flow once answered,
     for mitmweb to show (the same bytes object, not a copy)."""
+    outbox: Outbox | None = field(default=None, repr=False)
+    """Where the relay task writes the answer (see :mod:`.outbox`)."""
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+    """The relay task, started by the ``request`` hook."""
 
     def comment(self) -> str:
         """The mitmweb comment, e.g. ``qwen · acct work · responses→chat ·

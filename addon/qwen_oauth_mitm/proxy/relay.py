@@ -2,8 +2,9 @@
 
 mitmproxy cannot resend a request inside one flow, nor run async code in a stream
 callable, so the ``request`` hook rewrites a Qwen flow to
-``http://127.0.0.1:<relay port>/<flow id>`` and the relay does the real work
-(rotation, refresh, retry, translation), writing its answer back chunk by chunk.
+``http://127.0.0.1:<relay port>/<flow id>`` and the relay writes the answer back
+chunk by chunk. The real work (rotation, refresh, retry, translation) is the
+flow's job, which the hook has already started (see :mod:`.outbox`).
 
 Deliberately minimal, but HTTP/1.1 keep-alive: a connection serves one request
 after another, so mitmproxy reuses it and passes no ``Connection: close`` on to
