@@ -36,14 +36,14 @@ own messages, which quote the offending line, are cut before the quote)::
 
     UpstreamError                base
      +-- UpstreamConnectError    the request did not get out: DNS, refused, TLS,
-     |                           connect timeout, not written in time or at all
+     |                           connect timeout, not written in time or at all,
+     |                           a header that cannot be sent (a line break)
      +-- UpstreamProtocolError   a malformed answer, one cut mid-body (an end of
      |                           file before the end of a framed body, a reset),
      |                           no answer at all, an unknown content coding
      +-- UpstreamTimeout         no response head within ``first_byte_timeout``
 
-A late chunk (``gap``) raises the builtin ``TimeoutError``. Requests that are
-malformed on our side (a header value with a newline) raise ``ValueError``.
+A late chunk (``gap``) raises the builtin ``TimeoutError``.
 """
 
 from __future__ import annotations
@@ -635,12 +635,16 @@ def _request(
     fields += [(k, v) for k, v in headers.items() if k.lower() not in _OURS]
     if body or method in ("POST", "PUT", "PATCH"):
         fields.append(("Content-Length", str(len(body))))
+    # A header that cannot be sent (a token with a line break) is no bug of ours
+    # but a bad account or config: the request does not get out.
     try:
         return h11.Request(method=method, target=target, headers=fields)
     except h11.LocalProtocolError as e:
-        raise ValueError(f"cannot send this request: {_safe(e)}") from None
+        raise UpstreamConnectError(f"cannot send this request: {_safe(e)}") from None
     except UnicodeEncodeError:
-        raise ValueError("cannot send this request: a header is not ASCII") from None
+        raise UpstreamConnectError(
+            "cannot send this request: a header is not ASCII"
+        ) from None
 
 
 def _codings(values: list[str]) -> list[str]:
