@@ -24,12 +24,15 @@ from qwen_oauth_mitm.oauth import (
     TransientAuthError,
 )
 from qwen_oauth_mitm.portal import FakePortal
-from qwen_oauth_mitm.proxy.forward import Forwarder, make_http_client
+from qwen_oauth_mitm.proxy.forward import Forwarder
 from qwen_oauth_mitm.proxy.jobs import Job
 from qwen_oauth_mitm.proxy.relay import Relay, ResponseWriter
+from qwen_oauth_mitm.proxy.upstream import UpstreamClient
 from qwen_oauth_mitm.rotation import Rotation, TrackerState, TrackerStore, tracker_file
 from qwen_oauth_mitm.store import accounts_file
 from qwen_oauth_mitm.translate import translate_request
+
+from .scripted_upstream import ScriptedUpstream
 
 Handler = Callable[[httpx.Request], httpx.Response]
 COMPLETION = {
@@ -82,7 +85,7 @@ def _key(label: str, **fields: Any) -> Account:
 
 @pytest.fixture
 async def make(tmp_path: Path) -> AsyncIterator[Callable[..., Forwarder]]:
-    clients: list[httpx.AsyncClient | OAuthClient] = []
+    clients: list[ScriptedUpstream | OAuthClient] = []
 
     def build(accounts: list[Account], handler: Handler, **config: Any) -> Forwarder:
         store = accounts_file(tmp_path / "accounts.json")
@@ -92,7 +95,7 @@ async def make(tmp_path: Path) -> AsyncIterator[Callable[..., Forwarder]]:
             | config
         )
         oauth = OAuthClient("http://oauth.invalid", "cid", trust_env=False)
-        http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+        http = ScriptedUpstream(handler)
         clients.extend([oauth, http])
         return Forwarder(cfg, Rotation(cfg), TokenManager(store, oauth), None, http)
 
@@ -450,15 +453,14 @@ async def test_timeouts_follow_the_config_of_the_moment(
 ) -> None:
     """A config change (mitmweb's option editor) reaches the next request: the
     timeouts go with each request, so the client needs no rebuilding."""
-    seen: list[dict[str, Any]] = []
 
     async def handle(request: httpx.Request) -> httpx.Response:
-        seen.append(request.extensions["timeout"])
         await asyncio.sleep(0.3)
         return httpx.Response(200, json=COMPLETION)
 
     fwd = make([_key("a")], handle, timeouts={"connect_seconds": 3})
     client = fwd.http
+    assert isinstance(client, ScriptedUpstream)
     job, out = _job(), Recorder()
     await fwd.serve(job, out)
     assert out.status == 200
@@ -473,8 +475,12 @@ async def test_timeouts_follow_the_config_of_the_moment(
     await fwd.serve(job, out)
     assert out.status == 504  # 0.3 s is now too late
     assert fwd.http is client
-    assert [t["connect"] for t in seen] == [3, 0.05]
-    assert all(t["read"] is None for t in seen)
+    assert [t.connect for t in client.timeouts] == [3, 0.05]
+    assert [t.write for t in client.timeouts] == [3, 0.05]  # writing: connect_seconds
+    assert [t.first_byte for t in client.timeouts] == [
+        Config().timeouts.first_byte_seconds,
+        0.1,
+    ]
 
 
 async def test_the_rotation_state_is_saved_off_the_event_loop(
@@ -538,7 +544,7 @@ async def test_a_client_hang_up_mid_stream_leaves_no_task_and_closes_upstream(
         store.write(AccountsFile(accounts=(_key("a"),)))
         cfg = Config.model_validate({"base_url": portal.url})
         oauth = OAuthClient("http://oauth.invalid", "cid", trust_env=False)
-        http = make_http_client(cfg)
+        http = UpstreamClient()
         fwd = Forwarder(cfg, Rotation(cfg), TokenManager(store, oauth), None, http)
         job = _job(stream=True)
         relay = Relay(lambda path, out: fwd.serve(job, out))

@@ -36,7 +36,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 from mitmproxy import command, ctx, exceptions, http
 
 from qwen_oauth_mitm import redact
@@ -47,12 +46,13 @@ from qwen_oauth_mitm.oauth.tokens import REFRESH_HTTP_SECONDS
 from qwen_oauth_mitm.paths import StatePaths, default_paths
 from qwen_oauth_mitm.proxy import options
 from qwen_oauth_mitm.proxy.bodylimit import MIB, BodyCollector, declared_length
-from qwen_oauth_mitm.proxy.forward import Forwarder, make_http_client
+from qwen_oauth_mitm.proxy.forward import Forwarder
 from qwen_oauth_mitm.proxy.jobs import MODELS_BODY, Job, Kind, error_body
 from qwen_oauth_mitm.proxy.logs import LogSetup
 from qwen_oauth_mitm.proxy.outbox import Outbox
 from qwen_oauth_mitm.proxy.relay import Relay, ResponseWriter
 from qwen_oauth_mitm.proxy.scope import is_intercepted
+from qwen_oauth_mitm.proxy.upstream import UpstreamClient
 from qwen_oauth_mitm.rotation import (
     Rotation,
     TrackerStore,
@@ -92,7 +92,7 @@ class QwenAddon:
         self.relay = Relay(self._serve_relay)
         self.relay_port: int | None = None
         self.forwarder: Forwarder | None = None
-        self._http: httpx.AsyncClient | None = None
+        self._http: UpstreamClient | None = None
         self._oauth: OAuthClient | None = None
         self._tracker: TrackerStore | None = None
         self._background: list[asyncio.Task[Any]] = []
@@ -167,7 +167,9 @@ class QwenAddon:
             self._oauth,
             refresh_window_seconds=cfg.refresh_window_seconds,
         )
-        self._http = make_http_client(cfg)
+        # Timeouts go with each request (those of the config of the moment):
+        # the client never needs rebuilding when they change.
+        self._http = UpstreamClient()
         self.forwarder = Forwarder(cfg, rotation, tokens, self._tracker, self._http)
         self.relay_port = await self.relay.start()
         log.info("qwen relay listening on 127.0.0.1:%d", self.relay_port)

@@ -26,10 +26,10 @@ The loop, per request:
    whole.
 
 Timeouts (``timeouts.*``, read from the current config for every request, so a
-change at run time needs no new client): ``connect_seconds`` to connect (and per
-write), ``first_byte_seconds`` from the moment the request is sent until the
-response headers arrive, ``between_chunks_seconds`` for each gap between two body
-chunks. httpx's own read timeout is off; :func:`asyncio.timeout` bounds the waits.
+change at run time needs no new client): ``connect_seconds`` to connect (and to
+write the request), ``first_byte_seconds`` from the moment the request is sent
+until the response headers arrive, ``between_chunks_seconds`` for each gap between
+two body chunks. The upstream client (:mod:`.upstream`) bounds them all itself.
 
 Once the first byte went to the client, nothing is retried: an upstream that dies
 or stalls mid-stream gives the Responses client ``error`` + ``response.failed``
@@ -46,9 +46,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
-
-import httpx
+from typing import Literal
 
 from qwen_oauth_mitm import redact
 from qwen_oauth_mitm.accounts import Account
@@ -66,6 +64,12 @@ from qwen_oauth_mitm.proxy.opening import (
 )
 from qwen_oauth_mitm.proxy.outbox import AnswerWriter
 from qwen_oauth_mitm.proxy.scope import DisallowedHost, api_base
+from qwen_oauth_mitm.proxy.upstream import (
+    Upstream,
+    UpstreamAnswer,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from qwen_oauth_mitm.rotation import (
     AllUnavailable,
     Pick,
@@ -103,76 +107,6 @@ def upstream_headers(config: Config, token: str, *, stream: bool) -> dict[str, s
     }
 
 
-def request_timeout(config: Config) -> httpx.Timeout:
-    """httpx's part of the timeouts: connect (and each write). Reads are bounded
-    by the forwarder with :func:`asyncio.timeout` (first byte, between chunks),
-    which httpx cannot tell apart."""
-    c = config.timeouts.connect_seconds
-    return httpx.Timeout(connect=c, read=None, write=c, pool=None)
-
-
-def make_http_client(config: Config) -> httpx.AsyncClient:
-    """The one client for upstream requests. ``trust_env=False``: HTTPS_PROXY may
-    point at this very proxy. Every request carries its own timeouts
-    (:func:`request_timeout` of the config of the moment): the client never needs
-    rebuilding when they change."""
-    return httpx.AsyncClient(
-        timeout=request_timeout(config),
-        trust_env=False,
-        follow_redirects=False,
-    )
-
-
-class FirstByteTimeout(Exception):
-    """The upstream sent no response headers within ``first_byte_seconds``."""
-
-
-async def send_bounded(
-    http: httpx.AsyncClient, request: httpx.Request, config: Config
-) -> httpx.Response:
-    """``http.send(request, stream=True)``, its headers due ``first_byte_seconds``
-    after the request went out (connecting is bounded by httpx's connect timeout;
-    until the request is written the deadline also allows ``connect_seconds``).
-    :class:`FirstByteTimeout` if they are late."""
-    t = config.timeouts
-    loop = asyncio.get_running_loop()
-    try:
-        async with asyncio.timeout_at(
-            loop.time() + t.connect_seconds + t.first_byte_seconds
-        ) as deadline:
-
-            async def trace(name: str, info: dict[str, Any]) -> None:  # noqa: ARG001
-                if name.endswith("receive_response_headers.started"):
-                    deadline.reschedule(loop.time() + t.first_byte_seconds)
-
-            request.extensions["trace"] = trace
-            return await http.send(request, stream=True)
-    except TimeoutError:
-        raise FirstByteTimeout(f"no answer within {t.first_byte_seconds:g} s") from None
-
-
-async def bounded_chunks(
-    response: httpx.Response, gap: float, *, raw: bool
-) -> AsyncGenerator[bytes]:
-    """The body's chunks (undecoded if ``raw``), each due within ``gap`` seconds of
-    the previous one (or of the headers); ``TimeoutError`` when one is late."""
-    chunks = response.aiter_raw() if raw else response.aiter_bytes()
-    iterator = aiter(chunks)
-    while True:
-        async with asyncio.timeout(gap):
-            try:
-                chunk = await anext(iterator)
-            except StopAsyncIteration:
-                return
-        yield chunk
-
-
-async def read_bounded(response: httpx.Response, gap: float) -> bytes:
-    """The whole (decoded) body, each chunk due within ``gap`` seconds."""
-    async with contextlib.aclosing(bounded_chunks(response, gap, raw=False)) as it:
-        return b"".join([chunk async for chunk in it])
-
-
 MAX_ROUNDS = 64
 """Bound on picks per request, should an upstream answer 429s of 0 seconds."""
 WAIT_MARGIN = 0.05
@@ -205,7 +139,7 @@ class Forwarder:
         rotation: Rotation,
         tokens: TokenManager,
         tracker: TrackerStore | None,
-        http: httpx.AsyncClient,
+        http: Upstream,
         *,
         clock: Clock = time.time,
     ) -> None:
@@ -322,13 +256,6 @@ class Forwarder:
             return "next"
         cfg = self.config  # one config for the whole attempt
         url = f"{base}/chat/completions"
-        request = self.http.build_request(
-            "POST",
-            url,
-            content=json.dumps(job.chat_body, separators=(",", ":")).encode(),
-            headers=upstream_headers(cfg, token, stream=job.stream),
-            timeout=request_timeout(cfg),
-        )
         log.debug(
             "flow %s: account %s: POST %s (stream=%s, timeouts %s)",
             job.flow_id,
@@ -338,9 +265,18 @@ class Forwarder:
             cfg.timeouts,
         )
         started = time.monotonic()
+        t = cfg.timeouts
         try:
-            response = await send_bounded(self.http, request, cfg)
-        except FirstByteTimeout as e:
+            response = await self.http.send(
+                "POST",
+                url,
+                upstream_headers(cfg, token, stream=job.stream),
+                json.dumps(job.chat_body, separators=(",", ":")).encode(),
+                connect_timeout=t.connect_seconds,
+                write_timeout=t.connect_seconds,
+                first_byte_timeout=t.first_byte_seconds,
+            )
+        except UpstreamTimeout as e:
             log.warning("account %s: upstream %s", account.label, e)
             self.rotation.record_failure(
                 pick, self.clock(), account_fault=False, detail="first byte timeout"
@@ -348,7 +284,7 @@ class Forwarder:
             job.attempts.append(Attempt(account.label, "timeout"))
             st.last = (504, error_body(f"The upstream sent {e}."))
             return self._fail_over_once(account.id, st)
-        except httpx.HTTPError as e:
+        except UpstreamError as e:
             log.warning("account %s: %s: %s", account.label, type(e).__name__, e)
             self.rotation.record_failure(
                 pick, self.clock(), account_fault=False, detail=type(e).__name__
@@ -366,8 +302,8 @@ class Forwarder:
         if response.status_code == 200:
             return await self._answer_200(job, pick, st, token, response, out)
         try:
-            body = await read_bounded(response, cfg.timeouts.between_chunks_seconds)
-        except (httpx.HTTPError, TimeoutError) as e:
+            body = await response.aread(gap=t.between_chunks_seconds)
+        except (UpstreamError, TimeoutError) as e:
             body = b""  # the status says enough
             log.debug("flow %s: error body unread: %s", job.flow_id, type(e).__name__)
         finally:
@@ -381,17 +317,18 @@ class Forwarder:
         pick: Pick,
         st: _State,
         token: str,
-        response: httpx.Response,
+        response: UpstreamAnswer,
         out: AnswerWriter,
     ) -> Step:
         """Judge the answer's opening, then relay it (see :mod:`.opening`)."""
         gap = self.config.timeouts.between_chunks_seconds
         sse = job.stream and not is_document(response.headers.get("content-type"))
-        chunks = bounded_chunks(response, gap, raw=sse)
+        # Raw (undecoded) for a stream: it is relayed as it comes.
+        chunks = response.aiter_raw(gap=gap) if sse else response.aiter_bytes(gap=gap)
         try:
             try:
                 opening, payload, refusal = await _open(chunks, job, sse=sse)
-            except (httpx.HTTPError, TimeoutError) as e:
+            except (UpstreamError, TimeoutError) as e:
                 # Cut or stalled before the client got anything: like a hang before
                 # the headers, the service's fault, so another account, once.
                 stalled = isinstance(e, TimeoutError)
@@ -435,7 +372,7 @@ class Forwarder:
         pick: Pick,
         st: _State,
         token: str,
-        response: httpx.Response,
+        response: UpstreamAnswer,
         refusal: Refusal,
     ) -> Step:
         """Settle an error answer (a status >= 400, or a 200 judged one)."""
@@ -563,7 +500,7 @@ class Forwarder:
             async for chunk in chunks:
                 data = b"".join(translator.feed(chunk)) if translator else chunk
                 await out.write(data)
-        except (httpx.HTTPError, TimeoutError) as e:
+        except (UpstreamError, TimeoutError) as e:
             why = _why(e, gap)
             log.warning("flow %s: upstream stream broke: %s", job.flow_id, why)
             job.failed, job.error = True, f"upstream stream broke ({why})"
@@ -582,7 +519,7 @@ class Forwarder:
     async def _whole(
         self,
         job: Job,
-        response: httpx.Response,
+        response: UpstreamAnswer,
         body: bytes,
         payload: object,
         out: AnswerWriter,
