@@ -5,6 +5,7 @@ Why not httpx: on the relay's hot path its layers (httpx, httpcore, anyio) cost
 chunk (issue #8). This client does only what the forwarder needs: one request, a
 streamed answer, keep-alive. h11 does all the framing and parsing (sans-I/O); the
 I/O is asyncio streams, the request head and body going out in one socket write.
+What needs no I/O (URLs, the request, content codings) is in :mod:`.http11`.
 
 Timeouts are per request (the forwarder passes those of the config of the moment):
 connecting (DNS, TCP, TLS) is bounded by ``connect_timeout``, writing the request by
@@ -51,15 +52,22 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import re
 import ssl
 import zlib
 from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Protocol
-from urllib.parse import urlsplit
 
 import h11
 import httpx
+
+from qwen_oauth_mitm.proxy.http11 import (
+    PoolKey,
+    build_request,
+    content_codings,
+    decoder,
+    parse_url,
+    quote_free,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +77,6 @@ IDLE_EXPIRY = 30.0
 READ_SIZE = 64 * 1024
 MAX_HEAD = 100 * 1024
 """Bytes of a response head (status line and headers) at most."""
-DEFAULT_PORTS = {"http": 80, "https": 443}
-
-type _Key = tuple[str, str, int]
-"""A pool key: scheme, host, port."""
 
 
 class UpstreamError(Exception):
@@ -166,7 +170,7 @@ class UpstreamClient:
         self._max_idle = max_idle_per_host
         self._expiry = idle_expiry
         self.read_size = read_size
-        self._idle: dict[_Key, list[_Connection]] = {}
+        self._idle: dict[PoolKey, list[_Connection]] = {}
         self._closed = False
         self.connections_made = 0
         """New connections so far (for tests and the curious)."""
@@ -187,8 +191,13 @@ class UpstreamClient:
         (informational 1xx answers are skipped)."""
         if self._closed:
             raise RuntimeError("the upstream client is closed")
-        key, target, host_header = _parse_url(url)
-        request = _request(method, target, host_header, headers, body)
+        key, target, host_header = parse_url(url)
+        try:
+            request = build_request(method, target, host_header, headers, body)
+        except ValueError as e:
+            # A header that cannot be sent (a token with a line break) is no bug
+            # of ours but a bad account or config: the request does not get out.
+            raise UpstreamConnectError(str(e)) from None
         timeouts = (write_timeout, first_byte_timeout)
         conn = self._take(key)
         if conn is not None:
@@ -223,7 +232,7 @@ class UpstreamClient:
 
     # --- the pool ---------------------------------------------------------------
 
-    def _take(self, key: _Key) -> _Connection | None:
+    def _take(self, key: PoolKey) -> _Connection | None:
         """The newest idle connection to ``key`` that is still usable."""
         idle = self._idle.get(key)
         now = asyncio.get_running_loop().time()
@@ -272,7 +281,7 @@ class UpstreamClient:
 
     # --- one exchange -----------------------------------------------------------
 
-    async def _connect(self, key: _Key, timeout: float) -> _Connection:
+    async def _connect(self, key: PoolKey, timeout: float) -> _Connection:
         scheme, host, port = key
         loop = asyncio.get_running_loop()
         tls = self._tls() if scheme == "https" else None
@@ -457,7 +466,7 @@ class UpstreamResponse:
     def aiter_bytes(self, *, gap: float | None = None) -> AsyncGenerator[bytes]:
         """:meth:`aiter_raw`, content-decoded: gzip, deflate or identity; another
         coding raises :class:`UpstreamProtocolError` (before reading the body)."""
-        codings = _codings(self.headers.get_list("content-encoding", split_commas=True))
+        codings = content_codings(self.headers.get_list("content-encoding"))
         if not codings:
             return self.aiter_raw(gap=gap)  # no decoding layer at all
         return self._decoded(codings, gap)
@@ -465,7 +474,10 @@ class UpstreamResponse:
     async def _decoded(
         self, codings: list[str], gap: float | None
     ) -> AsyncGenerator[bytes]:
-        decoders = [_decoder(c) for c in reversed(codings)]
+        try:
+            decoders = [decoder(c) for c in reversed(codings)]
+        except ValueError as e:
+            raise UpstreamProtocolError(str(e)) from None
         try:
             async for chunk in self.aiter_raw(gap=gap):
                 for d in decoders:
@@ -541,7 +553,7 @@ class _Connection:
     __slots__ = ("h11", "idle_since", "key", "reader", "writer")
 
     def __init__(
-        self, key: _Key, reader: _Reader, writer: asyncio.StreamWriter
+        self, key: PoolKey, reader: _Reader, writer: asyncio.StreamWriter
     ) -> None:
         self.key = key
         self.reader = reader
@@ -608,109 +620,9 @@ class _GapTimer:
             self._handle = None
 
 
-@functools.lru_cache(maxsize=64)
-def _parse_url(url: str) -> tuple[_Key, str, str]:
-    """The pool key, the request target and the ``Host`` header of ``url``."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    host = parts.hostname
-    if scheme not in DEFAULT_PORTS or not host:
-        raise ValueError(f"not an http(s) URL with a host: {scheme}://...")
-    port = parts.port or DEFAULT_PORTS[scheme]
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    authority = f"[{host}]" if ":" in host else host
-    if port != DEFAULT_PORTS[scheme]:
-        authority = f"{authority}:{port}"
-    return (scheme, host, port), target, authority
-
-
-_OURS = frozenset({"host", "content-length", "transfer-encoding"})
-"""Headers the client sets itself: a caller's are dropped."""
-
-
-def _request(
-    method: str, target: str, host: str, headers: Mapping[str, str], body: bytes
-) -> h11.Request:
-    fields = [("Host", host)]
-    fields += [(k, v) for k, v in headers.items() if k.lower() not in _OURS]
-    if body or method in ("POST", "PUT", "PATCH"):
-        fields.append(("Content-Length", str(len(body))))
-    # A header that cannot be sent (a token with a line break) is no bug of ours
-    # but a bad account or config: the request does not get out.
-    try:
-        return h11.Request(method=method, target=target, headers=fields)
-    except h11.LocalProtocolError as e:
-        raise UpstreamConnectError(f"cannot send this request: {_safe(e)}") from None
-    except UnicodeEncodeError:
-        raise UpstreamConnectError(
-            "cannot send this request: a header is not ASCII"
-        ) from None
-
-
-def _codings(values: list[str]) -> list[str]:
-    """The content codings applied, in order, ``identity`` left out."""
-    codings = [v.strip().lower() for v in values]
-    return [c for c in codings if c and c != "identity"]
-
-
-def _decoder(coding: str) -> _Decoder:
-    if coding in ("gzip", "x-gzip"):
-        return _Zlib(zlib.MAX_WBITS | 16)
-    if coding == "deflate":
-        return _Deflate()
-    # Not named: a header value is never quoted (only the ones we know are).
-    raise UpstreamProtocolError("the answer has an unsupported content coding")
-
-
-class _Decoder(Protocol):
-    def decompress(self, data: bytes) -> bytes: ...
-    def flush(self) -> bytes: ...
-
-
-class _Zlib:
-    def __init__(self, wbits: int) -> None:
-        self._d = zlib.decompressobj(wbits)
-
-    def decompress(self, data: bytes) -> bytes:
-        return self._d.decompress(data)
-
-    def flush(self) -> bytes:
-        return self._d.flush()
-
-
-class _Deflate:
-    """``deflate`` is meant to be zlib-wrapped (RFC 9110 §8.4.1.2); some servers
-    send it raw, so a body whose first bytes are no zlib header is read raw (as
-    httpx and browsers do)."""
-
-    def __init__(self) -> None:
-        self._d = zlib.decompressobj()
-        self._first = True
-
-    def decompress(self, data: bytes) -> bytes:
-        if self._first and data:
-            self._first = False
-            try:
-                return self._d.decompress(data)
-            except zlib.error:
-                self._d = zlib.decompressobj(-zlib.MAX_WBITS)
-        return self._d.decompress(data)
-
-    def flush(self) -> bytes:
-        return self._d.flush()
-
-
-def _safe(error: Exception) -> str:
-    """An h11 message cut before its first quote: h11 quotes the offending line
-    (``illegal header line: b'Authorization: Bearer ...'``), which may be a token."""
-    text = re.split("['\"]", str(error), maxsplit=1)[0]
-    text = re.sub(r"(bytearray\()?b$", "", text).rstrip(" :(")
-    return text or type(error).__name__
-
-
 def _malformed(conn: _Connection, error: h11.RemoteProtocolError) -> UpstreamError:
     return UpstreamProtocolError(
-        f"malformed answer from {conn.key[1]}:{conn.key[2]}: {_safe(error)}"
+        f"malformed answer from {conn.key[1]}:{conn.key[2]}: {quote_free(error)}"
     )
 
 
