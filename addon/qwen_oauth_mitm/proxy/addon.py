@@ -329,6 +329,9 @@ class QwenAddon:
         if self.relay_port is None:
             self._reply(flow, 503, error_body("The Qwen proxy is not running yet."))
             return
+        # The job first: its upstream request is on its way before the flow is
+        # rewritten for mitmproxy (see _start).
+        self._start(job)
         self._to_relay(flow)
         # The job carries the parsed body and the relay ignores the raw one:
         # sending it on would only copy it twice more (socket buffers, relay).
@@ -360,6 +363,7 @@ class QwenAddon:
             self._mark_refused(flow, e.status)
             return
         job.client_body = raw
+        self._start(job)
         self._accept(flow, job, body)
 
     def _to_relay(self, flow: http.HTTPFlow) -> None:
@@ -373,26 +377,32 @@ class QwenAddon:
         for name in ("authorization", "cookie", "proxy-authorization"):
             req.headers.pop(name, None)
 
-    def _accept(self, flow: http.HTTPFlow, job: Job, body: object) -> None:
-        self.jobs[flow.id] = job
+    def _start(self, job: Job) -> None:
+        """Serve ``job`` from now on; the relay connection mitmproxy opens for
+        its flow only carries the answer out (see .outbox). Under mitmproxy's
+        eager task factory the task runs at once up to its first wait, so the
+        upstream request is written before this returns."""
+        self.jobs[job.flow_id] = job
         if self.forwarder is not None:
-            # Served from now on; the relay connection mitmproxy is about to
-            # open only carries the answer out (see .outbox).
             job.outbox = Outbox()
             job.task = spawn(
-                self.forwarder.serve(job, job.outbox), name=f"qwen job {flow.id}"
+                self.forwarder.serve(job, job.outbox), name=f"qwen job {job.flow_id}"
             )
+
+    def _accept(self, flow: http.HTTPFlow, job: Job, body: object) -> None:
+        """What mitmweb shows of a started job: metadata and comment."""
         flow.metadata["qwen"] = {"kind": job.kind, "stream": job.stream}
         if job.kind == "responses":
             flow.metadata["qwen"]["responses_request"] = body
         flow.comment = f"qwen · {job.kind} · relayed"
-        log.debug(
-            "flow %s: %s request (stream=%s) relayed to %s",
-            flow.id,
-            job.kind,
-            job.stream,
-            flow.request.url,
-        )
+        if log.isEnabledFor(logging.DEBUG):  # the URL is built for nothing otherwise
+            log.debug(
+                "flow %s: %s request (stream=%s) relayed to %s",
+                flow.id,
+                job.kind,
+                job.stream,
+                flow.request.url,
+            )
 
     def _job(self, flow_id: str, path: str, body: object) -> Job:
         if path == "/v1/responses":
