@@ -4,7 +4,8 @@
 
 Processes: the stand-in portal and the fake OAuth server run in threads of this
 process; two ``mitmdump`` processes run beside it, started once and used in
-alternation (A, B, A, B...), so slow moments of a shared machine hit both sides:
+alternation (each round runs every target once, in a shuffled order), so slow
+moments of a shared machine hit all sides:
 
 - (a) **direct**: httpx -> the stand-in (plain HTTP, chat completions);
 - (b) **pass-through**: httpx -> ``mitmdump --mode reverse:<stand-in>`` with no
@@ -31,6 +32,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import statistics
 import sys
 import tempfile
@@ -345,8 +347,14 @@ def live(workdir: Path) -> Iterator[Live]:
 
 
 def rotated(items: Sequence[str], i: int) -> list[str]:
-    k = i % len(items)
-    return [*items[k:], *items[:k]]
+    """Round ``i``'s order: shuffled, seeded by the round (reproducible).
+
+    Not a rotation of one fixed order: there c' always ran right after c, on the
+    mitmdump that had just served, while b and c always followed the other
+    process. A process woken from idle answers measurably slower than one still
+    warm, so that order flattered c'.
+    """
+    return random.Random(i).sample(list(items), len(items))
 
 
 # --- 2. one request at a time ---------------------------------------------------------
@@ -401,7 +409,9 @@ def bench_sequential(live: Live, scale: Scale, report: Report) -> None:
     size = {k: results[k][0].size for k in names}
     report.notes.append(
         f"2: medians of {scale.sequential} streamed requests per target, "
-        "alternating a, b, c, c' (one persistent client per target; the relay keeps "
+        "a, b, c and c' once a round, in a new shuffled order each round (a fixed "
+        "order gave c' a warm start: it always ran right after c on the same "
+        "mitmdump); one persistent client per target (the relay keeps "
         "its connections alive, so the client's TLS connection to mitmproxy is "
         "reused). The answer is 60 text chunks (~"
         f"{size['a'] // 1024} KiB as chat SSE; (c) receives the Responses events, "
