@@ -145,6 +145,11 @@ def us(seconds: float) -> str:
     return f"{seconds * 1e6:.1f} µs"
 
 
+def signed_us(seconds: float) -> str:
+    """A difference: ``+12.3 µs`` or ``-4.5 µs`` (a side can come out ahead)."""
+    return f"{seconds * 1e6:+.1f} µs"
+
+
 def mib(kib: float) -> str:
     return f"{kib / 1024:.1f} MiB"
 
@@ -456,7 +461,7 @@ def bench_events(live: Live, scale: Scale, report: Report) -> None:
                 "3",
                 f"added by the addon per event p50 / p99 ({n} - b)",
                 f"b {us(p['b'][0])} / {us(p['b'][1])}",
-                f"+{us(added50)} / +{us(added99)}",
+                f"{signed_us(added50)} / {signed_us(added99)}",
                 "",
                 "p99 < 1 ms",
                 added99 < 1e-3,
