@@ -26,6 +26,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from qwen_oauth_mitm.proxy.upstream import (
+    STALE_WINDOW,
     UpstreamClient,
     UpstreamConnectError,
     UpstreamError,
@@ -314,6 +315,20 @@ async def test_a_stale_connection_is_retried_only_once(client: UpstreamClient) -
             await fetch(client, s.url)
     assert s.connections == 2
     assert len(s.requests) == 3
+
+
+async def test_a_kept_alive_connection_that_ends_late_is_not_sent_again(
+    client: UpstreamClient,
+) -> None:
+    # It read the request and worked on it before it went away: it may have
+    # served (and billed) it, so the request must not go out a second time.
+    late = Answer([STALE_WINDOW + 0.25], close=True)
+    async with RawServer(Answer([ok(b"1")]), late) as server:
+        assert await fetch(client, server.url) == b"1"
+        with pytest.raises(UpstreamProtocolError, match="without answering"):
+            await fetch(client, server.url)
+    assert server.connections == 1
+    assert len(server.requests) == 2
 
 
 async def test_a_new_connection_closed_without_an_answer_is_not_retried(

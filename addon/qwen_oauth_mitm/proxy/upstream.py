@@ -9,11 +9,11 @@ What needs no I/O (URLs, the request, content codings) is in :mod:`.http11`.
 
 Timeouts are per request (the forwarder passes those of the config of the moment):
 connecting (DNS, TCP, TLS) is bounded by ``connect_timeout``, writing the request by
-``write_timeout``, and the response head is due ``first_byte_timeout`` after the
-request was written. Reading the body is bounded by ``gap`` (see
-:meth:`UpstreamResponse.aiter_raw`): each chunk is due within ``gap`` seconds of
-the consumer asking for it, at the cost of a clock read per chunk (one lazily moved
-timer per body, not a timeout context per chunk).
+``write_timeout`` (over TLS only its encryption: see ``_connect``), and the
+response head is due ``first_byte_timeout`` after the request was written. Reading
+the body is bounded by ``gap`` (see :meth:`UpstreamResponse.aiter_raw`): each chunk
+is due within ``gap`` seconds of the consumer asking for it, at the cost of a clock
+read per chunk (one lazily moved timer per body, not a timeout context per chunk).
 
 Keep-alive: connections are pooled per (scheme, host, port), the idle ones reused
 newest first, at most :data:`MAX_IDLE_PER_HOST` per host, none idle longer than
@@ -25,12 +25,12 @@ server closing it, or an unsolicited ``408``) is closed at once.
 
 A pooled connection can still be closed by the server just as a request goes out
 on it (its keep-alive timeout racing our reuse). Then the write fails, or the
-connection ends before a single byte of the answer: the request is sent again,
-once, on a fresh connection. Only then: a server closes an idle connection between
-requests, so an answer that never started means the request was not being served;
-once any byte of an answer came, the request is never sent again. (A server that
-took the request and died before answering would see it twice; the forwarder sends
-the same request to another account on any connection failure anyway.)
+connection ends within :data:`STALE_WINDOW` seconds of the write, before a single
+byte of the answer: the request is sent again, once, on a fresh connection. Only
+then: a server closes an idle connection at once, so such an end means the request
+was not being served. A connection that ends later, or after any byte of an answer,
+was serving it: the request is never sent again there (it may have been taken and
+spent quota; the forwarder decides whether another account tries it).
 
 Errors (messages never quote a header value or a body: they may hold tokens; h11's
 own messages, which quote the offending line, are cut before the quote)::
@@ -72,6 +72,10 @@ from qwen_oauth_mitm.proxy.http11 import (
 log = logging.getLogger(__name__)
 
 MAX_IDLE_PER_HOST = 8
+STALE_WINDOW = 0.25
+"""Seconds after the write within which a reused connection that ends without a
+byte of answer counts as stale (closed by the server while idle), not as a server
+that took the request and died: one round trip, well before a model's first token."""
 IDLE_EXPIRY = 30.0
 """Seconds an idle connection is kept; servers drop theirs after 60 s or more."""
 READ_SIZE = 64 * 1024
@@ -203,20 +207,15 @@ class UpstreamClient:
         if conn is not None:
             try:
                 return await self._exchange(conn, request, body, *timeouts)
-            except _Stale:
+            except _Stale as e:
+                if not (e.writing or e.after <= STALE_WINDOW):
+                    raise _unanswered(key, e) from None
                 log.debug("upstream %s:%d: stale kept-alive connection", *key[1:])
         conn = await self._connect(key, connect_timeout)
         try:
             return await self._exchange(conn, request, body, *timeouts)
         except _Stale as e:
-            where = f"{key[1]}:{key[2]}"
-            if e.writing:
-                raise UpstreamConnectError(
-                    f"{where} closed the connection as the request was sent"
-                ) from None
-            raise UpstreamProtocolError(
-                f"{where} closed the connection without answering"
-            ) from None
+            raise _unanswered(key, e) from None
 
     def idle_connections(self) -> int:
         """Connections waiting in the pool."""
@@ -307,7 +306,10 @@ class UpstreamClient:
                 f"cannot connect to {host}:{port}: {e or type(e).__name__}"
             ) from None
         # No write buffering past the kernel's: drain() returns once the whole
-        # request is out, so write_timeout bounds exactly the writing.
+        # request is out, so write_timeout bounds exactly the writing. Over TLS
+        # asyncio counts only what is still to encrypt: once encrypted, a request
+        # counts as written even if the peer reads nothing, and an upstream that
+        # stops reading is caught by the head's deadline (first_byte_timeout).
         transport.set_write_buffer_limits(high=0)
         writer = asyncio.StreamWriter(transport, protocol, reader, loop)
         self.connections_made += 1
@@ -368,6 +370,8 @@ class UpstreamClient:
     async def _read_head(self, conn: _Connection, timeout: float) -> h11.Response:
         h, reader = conn.h11, conn.reader
         received = False
+        loop = asyncio.get_running_loop()
+        began = loop.time()
         try:
             async with asyncio.timeout(timeout):
                 while True:
@@ -378,10 +382,11 @@ class UpstreamClient:
                             reader.taken += len(data)
                         except OSError as e:
                             if not received:
-                                raise _Stale(writing=False) from None
+                                after = loop.time() - began
+                                raise _Stale(writing=False, after=after) from None
                             raise _lost(conn, e) from None
                         if not data and not received:
-                            raise _Stale(writing=False)
+                            raise _Stale(writing=False, after=loop.time() - began)
                         received = True
                         h.receive_data(data)
                     elif isinstance(event, h11.Response):
@@ -512,11 +517,23 @@ class UpstreamResponse:
 
 class _Stale(Exception):
     """A connection failed before a byte of the answer came (see the module
-    docstring); ``writing``: while the request was written."""
+    docstring); ``writing``: while the request was written; ``after``: seconds
+    after it was written."""
 
-    def __init__(self, *, writing: bool) -> None:
+    def __init__(self, *, writing: bool, after: float = 0.0) -> None:
         super().__init__()
         self.writing = writing
+        self.after = after
+
+
+def _unanswered(key: PoolKey, stale: _Stale) -> UpstreamError:
+    """What a connection that failed before a byte of the answer is to the caller."""
+    where = f"{key[1]}:{key[2]}"
+    if stale.writing:
+        return UpstreamConnectError(
+            f"{where} closed the connection as the request was sent"
+        )
+    return UpstreamProtocolError(f"{where} closed the connection without answering")
 
 
 class _Reader(asyncio.StreamReader):
