@@ -15,6 +15,7 @@ from mitmproxy.test import taddons, tflow, tutils
 from qwen_oauth_mitm import redact
 from qwen_oauth_mitm.config import leaf_types
 from qwen_oauth_mitm.paths import StatePaths
+from qwen_oauth_mitm.proxy import outbox as outbox_module
 from qwen_oauth_mitm.proxy.addon import QwenAddon
 from qwen_oauth_mitm.proxy.jobs import Attempt
 from qwen_oauth_mitm.proxy.options import HELP
@@ -233,6 +234,44 @@ class TestRelayRewrite:
         with pytest.raises(asyncio.CancelledError):
             await task
         assert running.jobs == {}
+
+    async def test_a_flow_answered_without_the_relay_cancels_its_job(
+        self, running: QwenAddon
+    ) -> None:
+        f = _flow(path="/v1/chat/completions", body=b'{"model":"m","messages":[]}')
+        await running.request(f)
+        task = running.jobs[f.id].task
+        assert task is not None
+        f.response = tutils.tresp()  # another addon answered it
+        running.response(f)
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    async def test_an_intercepted_flow_is_served_only_once_it_reaches_the_relay(
+        self, running: QwenAddon
+    ) -> None:
+        f = _flow(path="/v1/chat/completions", body=b'{"model":"m","messages":[]}')
+        f.intercept()  # type: ignore[no-untyped-call]  # held in mitmweb
+        await running.request(f)
+        job = running.jobs[f.id]
+        assert job.task is None
+        out = Recorder()
+        await asyncio.wait_for(running._serve_relay(f"/{f.id}", out), 2)
+        assert out.status == 429  # served then (no account here)
+
+    async def test_a_job_that_gave_up_on_its_relay_connection_answers_504(
+        self, running: QwenAddon, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(outbox_module, "ATTACH_WAIT", 0.05)
+        f = _flow(path="/v1/chat/completions", body=b'{"model":"m","messages":[]}')
+        await running.request(f)
+        task = running.jobs[f.id].task
+        assert task is not None
+        await asyncio.wait_for(task, 2)  # it waited for the relay, then gave up
+        out = Recorder()
+        await asyncio.wait_for(running._serve_relay(f"/{f.id}", out), 2)
+        assert out.status == 504
+        assert "too late" in out.json()["error"]["message"]
 
     async def test_whole_answers_stay_buffered(self, running: QwenAddon) -> None:
         f = _flow(path="/v1/chat/completions", body=b'{"model":"m","messages":[]}')

@@ -304,6 +304,7 @@ class QwenAddon:
             self._route(flow)
         except Exception as e:
             log.exception("flow %s: cannot handle the request", flow.id)
+            self._drop_job(flow.id)  # answered here: the relay will never see it
             self._reply(flow, 502, error_body(f"Proxy error: {redact.redact(str(e))}"))
 
     def _route(self, flow: http.HTTPFlow) -> None:
@@ -331,7 +332,7 @@ class QwenAddon:
             return
         # The job first: its upstream request is on its way before the flow is
         # rewritten for mitmproxy (see _start).
-        self._start(job)
+        self._start(flow, job)
         self._to_relay(flow)
         # The job carries the parsed body and the relay ignores the raw one:
         # sending it on would only copy it twice more (socket buffers, relay).
@@ -363,7 +364,7 @@ class QwenAddon:
             self._mark_refused(flow, e.status)
             return
         job.client_body = raw
-        self._start(job)
+        self._start(flow, job)
         self._accept(flow, job, body)
 
     def _to_relay(self, flow: http.HTTPFlow) -> None:
@@ -377,13 +378,16 @@ class QwenAddon:
         for name in ("authorization", "cookie", "proxy-authorization"):
             req.headers.pop(name, None)
 
-    def _start(self, job: Job) -> None:
+    def _start(self, flow: http.HTTPFlow, job: Job) -> None:
         """Serve ``job`` from now on; the relay connection mitmproxy opens for
         its flow only carries the answer out (see .outbox). Under mitmproxy's
         eager task factory the task runs at once up to its first wait, so the
-        upstream request is written before this returns."""
+        upstream request is written before this returns.
+
+        Not a flow held in mitmweb (intercepted): it may be edited, dropped or
+        held for minutes, so it is served only once it reaches the relay."""
         self.jobs[job.flow_id] = job
-        if self.forwarder is not None:
+        if self.forwarder is not None and not flow.intercepted:
             job.outbox = Outbox()
             job.task = spawn(
                 self.forwarder.serve(job, job.outbox), name=f"qwen job {job.flow_id}"
@@ -442,6 +446,10 @@ class QwenAddon:
             job = self.jobs.pop(flow.id, None)
             if job is None:
                 return
+            if not job.taken and job.task is not None:
+                # Answered without the relay (another addon, or mitmweb): the job
+                # would wait for a connection that never comes, holding its upstream.
+                job.task.cancel()
             _show_client_body(flow, job)
             flow.comment = job.comment()
             if job.failed:
@@ -476,6 +484,11 @@ class QwenAddon:
         except Exception:
             log.exception("flow %s: error", flow.id)
 
+    def _drop_job(self, flow_id: str) -> None:
+        job = self.jobs.pop(flow_id, None)
+        if job is not None and job.task is not None:
+            job.task.cancel()
+
     def _reply(
         self, flow: http.HTTPFlow, status: int, body: bytes, *, failed: bool = True
     ) -> None:
@@ -507,6 +520,9 @@ class QwenAddon:
         job.outbox.attach(out)
         # Cancelled (mitmproxy hung up, the relay stops): so is the job.
         await job.task
+        if not out.started:  # it gave up waiting for this connection
+            late = "The proxy gave up on this request: it reached the relay too late."
+            await out.answer(504, error_body(late))
 
     # --- commands -----------------------------------------------------------------
 

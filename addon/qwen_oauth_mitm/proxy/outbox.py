@@ -72,11 +72,11 @@ class Outbox:
     :data:`ATTACH_WAIT` seconds).
     """
 
-    def __init__(self, *, attach_wait: float = ATTACH_WAIT) -> None:
+    def __init__(self, *, attach_wait: float | None = None) -> None:
         self._out: ResponseWriter | None = None
         self._attached = asyncio.Event()
         self._head_taken = asyncio.Event()
-        self._attach_wait = attach_wait
+        self._attach_wait = ATTACH_WAIT if attach_wait is None else attach_wait
         self._first_written = False
 
     @property
