@@ -66,6 +66,18 @@ async def running(addon: QwenAddon) -> AsyncIterator[QwenAddon]:
             await addon.done()
 
 
+CHAT = b'{"model":"m","messages":[]}'
+
+
+async def _started(addon: QwenAddon) -> tuple[http.HTTPFlow, asyncio.Task[None]]:
+    """A chat flow through the ``request`` hook, and the job task it started."""
+    f = _flow(path="/v1/chat/completions", body=CHAT)
+    await addon.request(f)
+    task = addon.jobs[f.id].task
+    assert task is not None
+    return f, task
+
+
 def _error(flow: http.HTTPFlow) -> dict[str, object]:
     assert flow.response is not None
     err = json.loads(flow.response.content or b"")["error"]
@@ -207,29 +219,24 @@ class TestRelayRewrite:
     async def test_the_job_runs_before_the_relay_connection_arrives(
         self, running: QwenAddon
     ) -> None:
-        f = _flow(path="/v1/chat/completions", body=b'{"model":"m","messages":[]}')
-        await running.request(f)
+        f, task = await _started(running)
         job = running.jobs[f.id]
-        assert job.task is not None
         for _ in range(50):  # no account: the job knows its answer at once
             if job.status is not None:
                 break
             await asyncio.sleep(0.01)
         assert job.status == 429
-        assert not job.task.done()  # it waits for the relay to carry it out
+        assert not task.done()  # it waits for the relay to carry it out
         out = Recorder()
         await asyncio.wait_for(running._serve_relay(f"/{f.id}", out), 2)
         assert out.status == 429
         assert "account" in out.json()["error"]["message"]
-        assert job.task.done()
+        assert task.done()
 
     async def test_a_flow_that_fails_before_the_relay_cancels_its_job(
         self, running: QwenAddon
     ) -> None:
-        f = _flow(path="/v1/chat/completions", body=b'{"model":"m","messages":[]}')
-        await running.request(f)
-        task = running.jobs[f.id].task
-        assert task is not None
+        f, task = await _started(running)
         running.error(f)
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -238,10 +245,7 @@ class TestRelayRewrite:
     async def test_a_flow_answered_without_the_relay_cancels_its_job(
         self, running: QwenAddon
     ) -> None:
-        f = _flow(path="/v1/chat/completions", body=b'{"model":"m","messages":[]}')
-        await running.request(f)
-        task = running.jobs[f.id].task
-        assert task is not None
+        f, task = await _started(running)
         f.response = tutils.tresp()  # another addon answered it
         running.response(f)
         with pytest.raises(asyncio.CancelledError):
@@ -250,7 +254,7 @@ class TestRelayRewrite:
     async def test_an_intercepted_flow_is_served_only_once_it_reaches_the_relay(
         self, running: QwenAddon
     ) -> None:
-        f = _flow(path="/v1/chat/completions", body=b'{"model":"m","messages":[]}')
+        f = _flow(path="/v1/chat/completions", body=CHAT)
         f.intercept()  # type: ignore[no-untyped-call]  # held in mitmweb
         await running.request(f)
         job = running.jobs[f.id]
@@ -263,10 +267,7 @@ class TestRelayRewrite:
         self, running: QwenAddon, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         monkeypatch.setattr(outbox_module, "ATTACH_WAIT", 0.05)
-        f = _flow(path="/v1/chat/completions", body=b'{"model":"m","messages":[]}')
-        await running.request(f)
-        task = running.jobs[f.id].task
-        assert task is not None
+        f, task = await _started(running)
         await asyncio.wait_for(task, 2)  # it waited for the relay, then gave up
         out = Recorder()
         await asyncio.wait_for(running._serve_relay(f"/{f.id}", out), 2)
