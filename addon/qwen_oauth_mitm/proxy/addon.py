@@ -186,8 +186,7 @@ class QwenAddon:
                 await task
         self._background = []
         for job in self.jobs.values():
-            if job.task is not None:
-                job.task.cancel()
+            job.cancel()
         await self.relay.stop()
         self.relay_port = None
         if self.forwarder is not None and self._tracker is not None:
@@ -446,10 +445,10 @@ class QwenAddon:
             job = self.jobs.pop(flow.id, None)
             if job is None:
                 return
-            if not job.taken and job.task is not None:
+            if not job.taken:
                 # Answered without the relay (another addon, or mitmweb): the job
                 # would wait for a connection that never comes, holding its upstream.
-                job.task.cancel()
+                job.cancel()
             _show_client_body(flow, job)
             flow.comment = job.comment()
             if job.failed:
@@ -472,11 +471,10 @@ class QwenAddon:
             job = self.jobs.pop(flow.id, None)
             if job is None:
                 return
-            if job.task is not None and not job.task.done():
-                # The client is gone, perhaps before mitmproxy reached the relay:
-                # nobody is left to read the answer, nor to spend an account on.
+            # The client is gone, perhaps before mitmproxy reached the relay:
+            # nobody is left to read the answer, nor to spend an account on.
+            if job.cancel():
                 log.info("flow %s: the client went away; its job is abandoned", flow.id)
-                job.task.cancel()
             _show_client_body(flow, job)
             flow.comment = job.comment() + " · stream cut"
             flow.marked = FAILED_MARK
@@ -486,8 +484,8 @@ class QwenAddon:
 
     def _drop_job(self, flow_id: str) -> None:
         job = self.jobs.pop(flow_id, None)
-        if job is not None and job.task is not None:
-            job.task.cancel()
+        if job is not None:
+            job.cancel()
 
     def _reply(
         self, flow: http.HTTPFlow, status: int, body: bytes, *, failed: bool = True

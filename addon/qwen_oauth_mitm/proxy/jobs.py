@@ -62,6 +62,13 @@ class Job:
     task: asyncio.Task[None] | None = field(default=None, repr=False)
     """The relay task, started by the ``request`` hook."""
 
+    def cancel(self) -> bool:
+        """Stop the relay task if it still runs; whether it did."""
+        if self.task is None or self.task.done():
+            return False
+        self.task.cancel()
+        return True
+
     def comment(self) -> str:
         """The mitmweb comment, e.g. ``qwen · acct work · responses→chat ·
         failover from acct home (429)``."""
