@@ -210,7 +210,7 @@ class UpstreamClient:
             except _Stale as e:
                 if not (e.writing or e.after <= STALE_WINDOW):
                     raise _unanswered(key, e) from None
-                log.debug("upstream %s:%d: stale kept-alive connection", *key[1:])
+                log.debug("upstream %s: stale kept-alive connection", _where(key))
         conn = await self._connect(key, connect_timeout)
         try:
             return await self._exchange(conn, request, body, *timeouts)
@@ -299,11 +299,11 @@ class UpstreamClient:
                 )
         except TimeoutError:
             raise UpstreamConnectError(
-                f"no connection to {host}:{port} within {timeout:g} s"
+                f"no connection to {_where(key)} within {timeout:g} s"
             ) from None
         except OSError as e:  # DNS, refused, unreachable, TLS (ssl.SSLError)
             raise UpstreamConnectError(
-                f"cannot connect to {host}:{port}: {e or type(e).__name__}"
+                f"cannot connect to {_where(key)}: {e or type(e).__name__}"
             ) from None
         # No write buffering past the kernel's: drain() returns once the whole
         # request is out, so write_timeout bounds exactly the writing. Over TLS
@@ -360,9 +360,8 @@ class UpstreamClient:
             async with asyncio.timeout(timeout):
                 await writer.drain()
         except TimeoutError:
-            where = f"{conn.key[1]}:{conn.key[2]}"
             raise UpstreamConnectError(
-                f"{where} did not take the request within {timeout:g} s"
+                f"{_where(conn.key)} did not take the request within {timeout:g} s"
             ) from None
         except OSError:
             raise _Stale(writing=True) from None
@@ -528,7 +527,7 @@ class _Stale(Exception):
 
 def _unanswered(key: PoolKey, stale: _Stale) -> UpstreamError:
     """What a connection that failed before a byte of the answer is to the caller."""
-    where = f"{key[1]}:{key[2]}"
+    where = _where(key)
     if stale.writing:
         return UpstreamConnectError(
             f"{where} closed the connection as the request was sent"
@@ -637,13 +636,18 @@ class _GapTimer:
             self._handle = None
 
 
+def _where(key: PoolKey) -> str:
+    """``host:port`` of a pool key, for messages (never a path or a header)."""
+    return f"{key[1]}:{key[2]}"
+
+
 def _malformed(conn: _Connection, error: h11.RemoteProtocolError) -> UpstreamError:
     return UpstreamProtocolError(
-        f"malformed answer from {conn.key[1]}:{conn.key[2]}: {quote_free(error)}"
+        f"malformed answer from {_where(conn.key)}: {quote_free(error)}"
     )
 
 
 def _lost(conn: _Connection, error: OSError) -> UpstreamError:
     return UpstreamProtocolError(
-        f"connection to {conn.key[1]}:{conn.key[2]} lost: {type(error).__name__}"
+        f"connection to {_where(conn.key)} lost: {type(error).__name__}"
     )
