@@ -106,9 +106,9 @@ class CrashReport:
     refreshes: int = 0
     added: int = 0
     unsaved: int = 0
+    """Refreshes the server answered that the process died before saving."""
     leftovers: int = 0
     """Temporary files of the accounts file left after a last, normal write."""
-    """Refreshes the server answered that the process died before saving."""
     violations: list[str] = field(default_factory=list)
 
 

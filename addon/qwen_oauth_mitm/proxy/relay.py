@@ -63,10 +63,10 @@ class ResponseWriter:
     (``call_soon``; no timer, so no added delay). The upstream client hands a
     burst (one socket read, many HTTP chunks) over chunk by chunk without
     yielding to the loop; written one by one, each would cost mitmproxy an
-    event, a parse and a TLS record to the client. Two
-    exceptions: the first body bytes go out at once (with the head), so the time
-    to the first byte never waits for the rest of a burst to be translated; and
-    :data:`FLUSH_AT` bytes pending are sent at once. :meth:`flush` sends
+    event, a parse and a TLS record to the client. Two exceptions: the first
+    body bytes go out at once (with the head), so the time to the first byte
+    never waits for the rest of a burst to be translated; and :data:`FLUSH_AT`
+    bytes pending are sent at once. :meth:`flush` sends
     at once; :meth:`end` and the relay (before it closes a connection) call it,
     so nothing written is ever left behind.
     """
