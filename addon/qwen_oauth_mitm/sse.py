@@ -165,7 +165,14 @@ def encode_event(
 
 def encode_json_event(payload: Any, *, event: str | None = None) -> bytes:
     """Compact JSON on one ``data:`` line; ASCII-escaped, so any str is safe."""
-    data = json.dumps(payload, separators=(",", ":"))
+    return encode_json_text_event(
+        json.dumps(payload, separators=(",", ":")), event=event
+    )
+
+
+def encode_json_text_event(data: str, *, event: str | None = None) -> bytes:
+    """:func:`encode_json_event` of JSON text already written by ``json.dumps``
+    (ASCII-escaped, hence one line)."""
     if event is None:
         return b"data: " + data.encode("ascii") + b"\n\n"
     line = _single_line("event", event)

@@ -7,6 +7,7 @@ responses-api.md §3-4): ``annotations`` on ``output_text``, ``summary`` on reas
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
 from qwen_oauth_mitm.translate.request import TranslatedRequest
@@ -131,6 +132,48 @@ def response_object(
         "output": output,
         "usage": usage,
     }
+
+
+def echo_fields(request: TranslatedRequest) -> str:
+    """The request's echo fields as compact JSON text, without the braces: the
+    part of :func:`response_json` that is the same in every event of a response."""
+    return _dumps(request.echo)[1:-1]
+
+
+def response_json(
+    echo: str,
+    *,
+    response_id: str,
+    created_at: int,
+    status: Status,
+    output: list[dict[str, Any]],
+    usage: dict[str, Any] | None,
+    error: dict[str, Any] | None = None,
+    incomplete_reason: str | None = None,
+) -> str:
+    """:func:`response_object` as compact JSON text, byte for byte what
+    ``json.dumps`` (compact) writes of it, with ``echo`` (:func:`echo_fields`)
+    already serialized. The echo holds the request's tools and instructions, tens
+    of KiB for OpenCode, and a stream repeats it in three events: serialized once
+    per stream, it no longer costs the first event two ``json.dumps`` of it."""
+    incomplete = None if incomplete_reason is None else {"reason": incomplete_reason}
+    head = _dumps(
+        {
+            "id": response_id,
+            "object": "response",
+            "created_at": created_at,
+            "status": status,
+            "error": error,
+            "incomplete_details": incomplete,
+        }
+    )
+    tail = _dumps({"output": output, "usage": usage})
+    middle = f",{echo}," if echo else ","
+    return head[:-1] + middle + tail[1:]
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"))
 
 
 def incomplete_reason(finish_reason: str | None) -> str | None:

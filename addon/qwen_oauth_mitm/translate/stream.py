@@ -32,13 +32,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from qwen_oauth_mitm.sse import SSEDecoder, encode_json_event
+from qwen_oauth_mitm.sse import SSEDecoder, encode_json_event, encode_json_text_event
 from qwen_oauth_mitm.translate.errors import upstream_error_fields
 from qwen_oauth_mitm.translate.ids import IdFactory, random_ids
 from qwen_oauth_mitm.translate.output import (
     Status,
+    echo_fields,
     incomplete_reason,
-    response_object,
+    response_json,
     translate_usage,
 )
 from qwen_oauth_mitm.translate.request import TranslatedRequest
@@ -93,6 +94,7 @@ class StreamTranslator:
         self._usage: dict[str, Any] | None = None
         self._failure: Failure | None = None
         self._error: dict[str, str] | None = None
+        self._echo: str | None = None
 
     @property
     def outcome(self) -> StreamOutcome:
@@ -260,8 +262,9 @@ class StreamTranslator:
         if self._started:
             return
         self._started = True
+        response = self._response("in_progress")
         for kind in ("response.created", "response.in_progress"):
-            self._emit({"type": kind, "response": self._response("in_progress")})
+            self._emit_response(kind, response)
 
     def _close_text(self) -> None:
         if self._text is not None:
@@ -280,9 +283,12 @@ class StreamTranslator:
         self._close_all()
         reason = incomplete_reason(self._finish_reason)
         self._status = "completed" if reason is None else "incomplete"
-        response = self._response(self._status, incomplete_reason=reason)
-        response["usage"] = translate_usage(self._usage)
-        self._emit({"type": f"response.{self._status}", "response": response})
+        response = self._response(
+            self._status,
+            incomplete_reason=reason,
+            usage=translate_usage(self._usage),
+        )
+        self._emit_response(f"response.{self._status}", response)
 
     def _fail(self, failure: Failure, code: str, message: str) -> None:
         if self._status != "in_progress":
@@ -292,23 +298,42 @@ class StreamTranslator:
         self._error = {"code": code, "message": message}
         self._emit({"type": "error", "code": code, "message": message, "param": None})
         self._status = "failed"
-        response = self._response("failed")
-        response["error"] = dict(self._error)
-        response["usage"] = translate_usage(self._usage)
-        self._emit({"type": "response.failed", "response": response})
+        response = self._response(
+            "failed", error=dict(self._error), usage=translate_usage(self._usage)
+        )
+        self._emit_response("response.failed", response)
 
     def _response(
-        self, status: Status, *, incomplete_reason: str | None = None
-    ) -> dict[str, Any]:
-        return response_object(
-            self._request,
+        self,
+        status: Status,
+        *,
+        incomplete_reason: str | None = None,
+        error: dict[str, Any] | None = None,
+        usage: dict[str, Any] | None = None,
+    ) -> str:
+        """The response object as JSON text (see :func:`response_json`)."""
+        if self._echo is None:
+            self._echo = echo_fields(self._request)
+        return response_json(
+            self._echo,
             response_id=self._response_id,
             created_at=self._created_at,
             status=status,
             output=[item.item() for item in self._items],
-            usage=None,
+            usage=usage,
+            error=error,
             incomplete_reason=incomplete_reason,
         )
+
+    def _emit_response(self, kind: str, response: str) -> None:
+        """``{"type": kind, "response": ..., "sequence_number": n}``, as
+        :meth:`_emit` would write it, around a response that is JSON text."""
+        data = (
+            f'{{"type":{json.dumps(kind)},"response":{response},'
+            f'"sequence_number":{self._seq}}}'
+        )
+        self._seq += 1
+        self._out.append(encode_json_text_event(data, event=kind))
 
     def _emit(self, payload: dict[str, Any]) -> None:
         payload["sequence_number"] = self._seq
