@@ -70,6 +70,53 @@ async def test_a_fresh_token_is_used_as_is(
     assert fake.counts["refresh"] == 0
 
 
+async def test_a_known_account_spares_the_look_at_the_file(
+    store: Store,
+    fake: FakeQwenOAuth,
+    client: OAuthClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    (acct,) = seed(store, fake, ("a", 3600))
+    mgr = manager(store, client)
+    known = (await mgr.accounts()).get(acct.id)
+    assert known is not None
+    looks: list[object] = []
+    real = store.signature
+
+    def signature() -> tuple[int, ...] | None:
+        looks.append(None)
+        return real()
+
+    monkeypatch.setattr(store, "signature", signature)
+    assert await mgr.access_token(acct.id, known=known) == secret(acct, "access_token")
+    assert looks == []
+    assert await mgr.access_token(acct.id) == secret(acct, "access_token")
+    assert len(looks) == 1  # without it, the file is looked at
+
+
+async def test_a_known_account_that_is_expiring_is_refreshed_all_the_same(
+    store: Store, fake: FakeQwenOAuth, client: OAuthClient
+) -> None:
+    (acct,) = seed(store, fake, ("a", 10))  # inside the refresh window
+    mgr = manager(store, client)
+    known = (await mgr.accounts()).get(acct.id)
+    token = await mgr.access_token(acct.id, known=known)
+    assert token != secret(acct, "access_token")
+    assert fake.counts["refresh"] == 1
+    saved = store.read().get(acct.id)
+    assert saved is not None
+    assert secret(saved, "access_token") == token
+
+
+async def test_a_known_account_of_another_id_is_not_taken(
+    store: Store, fake: FakeQwenOAuth, client: OAuthClient
+) -> None:
+    a, b = seed(store, fake, ("a", 3600), ("b", 3600))
+    mgr = manager(store, client)
+    token = await mgr.access_token(b.id, known=a)
+    assert token == secret(b, "access_token")
+
+
 async def test_an_expiring_token_is_refreshed_and_persisted_first(
     store: Store, fake: FakeQwenOAuth, client: OAuthClient
 ) -> None:

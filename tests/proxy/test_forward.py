@@ -115,10 +115,12 @@ def _refresh_of_a_raises(
     """acct_a's token can't be had (its refresh fails with ``error``); others can."""
     real = fwd.tokens.access_token
 
-    async def access_token(account_id: str, wait: float | None = None) -> str:
+    async def access_token(
+        account_id: str, wait: float | None = None, known: Account | None = None
+    ) -> str:
         if account_id == "acct_a":
             raise error
-        return await real(account_id, wait=wait)
+        return await real(account_id, wait=wait, known=known)
 
     monkeypatch.setattr(fwd.tokens, "access_token", access_token)
 
@@ -144,6 +146,30 @@ async def test_a_5xx_fails_over_once(make: Callable[..., Forwarder]) -> None:
     assert out.json()["error"]["type"]
     assert job.failed
     assert [a.outcome for a in job.attempts] == ["500", "502"]
+
+
+async def test_a_request_looks_at_the_accounts_file_once(
+    make: Callable[..., Forwarder], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The pick reads the accounts (a stat of the file, a read if it changed);
+    # the rotation's prune check and the token reuse that look: no second stat.
+    seen: list[str] = []
+    fwd = make([_key("a"), _key("b")], _by_token({}, seen))
+    store = fwd.tokens.store
+    looks: list[object] = []
+    real = store.signature
+
+    def signature() -> tuple[int, ...] | None:
+        looks.append(None)
+        return real()
+
+    monkeypatch.setattr(store, "signature", signature)
+    for n in (1, 2):
+        job, out = _job(), Recorder()
+        await fwd.serve(job, out)
+        assert out.status == 200
+        assert len(looks) == n
+    assert seen == ["sk-a", "sk-a"]
 
 
 async def test_a_connection_error_fails_over_to_the_next(

@@ -209,6 +209,10 @@ class TokenManager:
         self._lock_timeout = lock_timeout
         self._cache: AccountsFile | None = None
         self._signature: tuple[int, ...] | None = None
+        self.seen_signature: tuple[int, ...] | None = None
+        """The accounts file's signature at the last :meth:`accounts` (None: no
+        file), whether or not that call had to read it: callers that must notice
+        a change of the file compare it, instead of looking at the file again."""
         self._inflight: dict[str, _Flight] = {}
         self._unsaved: dict[str, _Unsaved] = {}
         self._mutex: asyncio.Lock | None = None
@@ -223,7 +227,7 @@ class TokenManager:
 
         Tokens that could not be saved yet replace the file's (they are newer).
         """
-        signature = self.store.signature()
+        signature = self.seen_signature = self.store.signature()
         if self._cache is None or signature != self._signature:
             try:
                 self._remember(await asyncio.to_thread(self.store.read), signature)
@@ -270,13 +274,25 @@ class TokenManager:
 
     # --- the public operations --------------------------------------------------
 
-    async def access_token(self, account_id: str, *, wait: float | None = None) -> str:
+    async def access_token(
+        self,
+        account_id: str,
+        *,
+        wait: float | None = None,
+        known: Account | None = None,
+    ) -> str:
         """A usable access token (or API key) for the account.
 
         ``wait``: seconds to wait for a refresh before :class:`RefreshFailed` (the
         refresh goes on and saves its result); None: until the refresh ends.
+        ``known``: the account as :meth:`accounts` returned it to the caller in
+        this same turn of the event loop (the forwarder's pick, a moment ago):
+        taken as it is instead of looking at the file again, a file check per
+        request less. Only that first look: after a wait the account is read anew.
         """
-        account = await self._ensure(account_id, force=False, rejected=None, wait=wait)
+        account = await self._ensure(
+            account_id, force=False, rejected=None, wait=wait, known=known
+        )
         token = _secret(account, "access_token")
         if token is None:  # only a broken file gets here
             raise AuthError(f"account {account.label!r} has no access token")
@@ -332,12 +348,21 @@ class TokenManager:
             raise _relogin_error(account, account.relogin_reason or "refresh refused")
 
     async def _ensure(
-        self, account_id: str, *, force: bool, rejected: str | None, wait: float | None
+        self,
+        account_id: str,
+        *,
+        force: bool,
+        rejected: str | None,
+        wait: float | None,
+        known: Account | None = None,
     ) -> Account:
         deadline = None if wait is None else asyncio.get_running_loop().time() + wait
         result: Account | None = None
         for _ in range(MAX_JOINS):
-            account = await self.account(account_id)
+            if known is not None and known.id == account_id:
+                account, known = known, None
+            else:
+                account = await self.account(account_id)
             now = self.clock()
             if account.kind != "oauth":
                 return account

@@ -154,7 +154,7 @@ class Forwarder:
 
     async def _accounts(self) -> list[Account]:
         accounts = list((await self.tokens.accounts()).accounts)
-        signature = self.tokens.store.signature()
+        signature = self.tokens.seen_signature
         if signature != self._signature:
             self._signature = signature
             self.rotation.prune(accounts)
@@ -442,8 +442,9 @@ class Forwarder:
     async def _token(self, job: Job, pick: Pick, st: _State) -> str | None:
         account = pick.account
         try:
+            # The account as this request's pick just read it (see ``known``).
             return await self.tokens.access_token(
-                account.id, wait=self.config.timeouts.refresh_seconds
+                account.id, wait=self.config.timeouts.refresh_seconds, known=account
             )
         except NeedsRelogin:
             self._skip(job, pick, st, "needs re-login")
