@@ -293,13 +293,14 @@ class QwenAddon:
                 )
                 self._reply(flow, 503, error_body(redact.redact(message)))
                 return
-            log.debug(
-                "flow %s: %s %s%s",
-                flow.id,
-                req.method,
-                req.pretty_host,
-                req.path,
-            )
+            if log.isEnabledFor(logging.DEBUG):  # pretty_host costs a header lookup
+                log.debug(
+                    "flow %s: %s %s%s",
+                    flow.id,
+                    req.method,
+                    req.pretty_host,
+                    req.path,
+                )
             self._route(flow)
         except Exception as e:
             log.exception("flow %s: cannot handle the request", flow.id)
