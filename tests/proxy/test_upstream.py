@@ -239,6 +239,57 @@ async def test_informational_answers_are_skipped(client: UpstreamClient) -> None
         await response.aclose()
 
 
+async def test_a_head_answer_has_no_body_whatever_its_length_says(
+    client: UpstreamClient,
+) -> None:
+    # h11 is told only of a stand-in request: it must still know it was a HEAD,
+    # or it would wait for the 5 bytes and take the next answer for them.
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"
+    async with RawServer(Answer([head])) as server:
+        async with asyncio.timeout(2):
+            response = await client.send(
+                "HEAD",
+                server.url + "/x",
+                {"X-A": "1"},
+                b"",
+                connect_timeout=5,
+                write_timeout=5,
+                first_byte_timeout=5,
+            )
+            assert response.headers["content-length"] == "5"
+            assert await response.aread() == b""
+            await response.aclose()
+            assert await fetch(client, server.url) == b"ok"
+    assert server.connections == 1
+    assert server.requests[0].startswith(b"HEAD /x HTTP/1.1\r\nHost: 127.0.0.1:")
+    assert b"Content-Length" not in server.requests[0]
+
+
+async def test_headers_of_the_connection_are_never_sent(
+    client: UpstreamClient,
+) -> None:
+    # h11 would not know of them (it is told of a stand-in): a caller's
+    # "Connection: close" or chunked framing must not reach the wire.
+    dropped = {
+        "Connection": "close",
+        "keep-alive": "timeout=1",
+        "Transfer-Encoding": "chunked",
+        "TE": "trailers",
+        "Upgrade": "websocket",
+        "Expect": "100-continue",
+        "Proxy-Connection": "close",
+    }
+    async with RawServer() as server:
+        for _ in range(2):
+            assert await fetch(client, server.url, headers={**dropped, "X-A": "1"})
+    assert server.connections == 1  # kept alive, as h11 believes
+    for request in server.requests:
+        head = request.partition(b"\r\n\r\n")[0].lower()
+        assert b"x-a: 1" in head.split(b"\r\n")
+        for name in dropped:
+            assert b"\r\n" + name.lower().encode() + b":" not in head
+
+
 # --- keep-alive --------------------------------------------------------------------
 
 
