@@ -81,7 +81,7 @@ def build_request(
     value, a name that is no token, anything not ASCII), naming no value.
 
     Why not ``h11.Request``: it checks every header on every request, and h11's
-    serializing follows (~36 µs per request in ``scripts/bench_encode.py``, some
+    serializing follows (~36 µs per request in a micro-benchmark, some
     ~135 µs inside mitmdump, all on the time to first byte: issue #8; ours ~9 µs).
     Here each ``name: value`` line is checked and encoded once, as h11 would, and
     cached: the same few pairs come on every request, the ``Authorization`` value
