@@ -78,8 +78,14 @@ def set_tokens(
     track: AccountTrack, now: float, tokens: float, cfg: TokenBucketConfig
 ) -> AccountTrack:
     """Store ``tokens`` (clamped to the bucket) as the content at ``now``."""
-    value = _clamp(tokens, 0.0, float(cfg.max_tokens))
-    return track.model_copy(update={"tokens": value, "tokens_at": now})
+    return track.model_copy(
+        update={"tokens": bucket_level(tokens, cfg), "tokens_at": now}
+    )
+
+
+def bucket_level(tokens: float, cfg: TokenBucketConfig) -> float:
+    """``tokens`` clamped to the bucket, as :func:`set_tokens` stores them."""
+    return _clamp(tokens, 0.0, float(cfg.max_tokens))
 
 
 READY_SLACK = 1e-3

@@ -38,6 +38,7 @@ def choose_hybrid(
     sticky: str | None,
     excluded: Collection[str],
     offset: int,
+    rates: h.Rates | None = None,
 ) -> Choice | None:
     """The best hybrid score among usable accounts with a token and enough health.
 
@@ -45,8 +46,10 @@ def choose_hybrid(
     health alone rules out every account, the healthiest one with a token is
     chosen instead. Equal scores (fresh accounts) go to the account nearest
     ``offset`` (the pid offset), so parallel processes start on different ones.
+    ``rates`` are ``config``'s (:meth:`.health.Rates.of`), when the caller keeps them.
     """
-    rates = h.Rates.of(config.health_score, config.token_bucket)
+    if rates is None:
+        rates = h.Rates.of(config.health_score, config.token_bucket)
     min_usable = config.health_score.min_usable
     n = len(accounts)
     assess = h.assess
@@ -98,8 +101,11 @@ def choose_in_order(
     one account's turn to another; a cursor whose account is gone starts at 0.
     """
     n = len(accounts)
-    pos = next((i for i, a in enumerate(accounts) if a.id == cursor), None)
-    start = offset + (0 if pos is None else pos + (0 if stay else 1))
+    start = offset
+    for pos, account in enumerate(accounts):  # a plain loop: no generator to resume
+        if account.id == cursor:
+            start += pos + (0 if stay else 1)
+            break
     for k in range(n):
         i = (start + k) % n
         account = accounts[i]
