@@ -52,20 +52,22 @@ def choose_hybrid(
         rates = h.Rates.of(config.health_score, config.token_bucket)
     min_usable = config.health_score.min_usable
     n = len(accounts)
-    assess = h.assess
+    assess, get = h.assess, tracks.get  # locals: looked up once, not per account
     best_score = weak_health = weak_score = -math.inf
     best_i = weak_i = -1
     for i, account in enumerate(accounts):
-        if account.disabled or account.needs_relogin or account.id in excluded:
+        account_id = account.id
+        if account.disabled or account.needs_relogin or account_id in excluded:
             continue
-        track = tracks.get(account.id, EMPTY_TRACK)
-        if track.cooldown is not None and track.cooldown.until > now:
+        track = get(account_id, EMPTY_TRACK)
+        cooldown = track.cooldown
+        if cooldown is not None and cooldown.until > now:
             continue
         health, tokens, score = assess(track, now, rates)
         if tokens < 1:
             continue
         if health >= min_usable:
-            if account.id == sticky:
+            if account_id == sticky:
                 return i, "affinity", score
             if score > best_score or (
                 score == best_score and (i - offset) % n < (best_i - offset) % n
