@@ -50,3 +50,12 @@ def test_forget_accounts() -> None:
     assert m.forget_accounts({"acct_b"}) == 2
     assert m.get("c2") == "acct_b"
     assert len(m) == 1
+
+
+def test_lookup_and_store_take_the_digest_get_and_remember_make() -> None:
+    m = AffinityMap()
+    m.store(digest("c1"), "acct_a")
+    assert m.get("c1") == "acct_a"
+    m.remember("c2", "acct_b")
+    assert m.lookup(digest("c2")) == "acct_b"
+    assert m.lookup("c2") is None  # a key that was not digested is another key

@@ -9,6 +9,7 @@ import pytest
 
 from qwen_oauth_mitm.accounts import Account
 from qwen_oauth_mitm.config import Config
+from qwen_oauth_mitm.rotation import health as h
 from qwen_oauth_mitm.rotation.engine import (
     FAILURES_BEFORE_COOLDOWN,
     AllUnavailable,
@@ -17,7 +18,12 @@ from qwen_oauth_mitm.rotation.engine import (
 )
 from qwen_oauth_mitm.rotation.ratelimit import Verdict
 from qwen_oauth_mitm.rotation.simulation import fake_account
-from qwen_oauth_mitm.rotation.state import AccountTrack, Cooldown, TrackerState
+from qwen_oauth_mitm.rotation.state import (
+    AccountTrack,
+    Cooldown,
+    DayCounters,
+    TrackerState,
+)
 
 T0 = dt.datetime(2026, 1, 5, 2, 0, tzinfo=dt.UTC).timestamp()  # 10:00 in Shanghai
 
@@ -431,3 +437,49 @@ def test_every_change_moves_the_revision() -> None:
     rot.release(p, T0)
     seen.append(rot.revision)
     assert seen == sorted(set(seen))
+
+
+@pytest.mark.parametrize(
+    "today",
+    [
+        None,
+        DayCounters(day="2026-01-04", requests=7, rate_limits=2),  # another day
+        DayCounters(day="2026-01-05", requests=7, rate_limits=2),  # this day
+    ],
+)
+def test_a_pick_stores_what_the_step_by_step_updates_did(
+    today: DayCounters | None,
+) -> None:
+    # The pick writes the bucket, the freshness and the day's count in one copy
+    # of the track; it must equal the three updates made one after another.
+    before = AccountTrack(
+        health=80.0,
+        health_at=T0 - 50,
+        tokens=2.5,
+        tokens_at=T0 - 30,
+        last_used=T0 - 30,
+        consecutive_failures=1,
+        today=today,
+    )
+    rot, accts = engine(with_tracks(acct_0=before)), accounts(1)
+    bucket = rot.config.token_bucket
+    pick = picked(rot.pick(accts, T0))
+    tokens = h.current_tokens(before, T0, bucket)
+    want = h.set_tokens(before, T0, tokens - 1, bucket)
+    counted = (
+        today
+        if today is not None and today.day == "2026-01-05"
+        else DayCounters(day="2026-01-05")
+    )
+    want = want.model_copy(
+        update={
+            "last_used": T0,
+            "today": counted.model_copy(update={"requests": counted.requests + 1}),
+        }
+    )
+    assert rot.track("acct_0") == want
+    assert (pick.token_taken, pick.previous_last_used, pick.day) == (
+        1.0,
+        T0 - 30,
+        "2026-01-05",
+    )

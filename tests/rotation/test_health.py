@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from qwen_oauth_mitm.config import HealthScoreConfig, TokenBucketConfig
@@ -159,3 +161,81 @@ def test_the_bucket_holds_a_whole_token_at_the_ready_moment(
     ready = h.token_ready_at(track, now, cfg)
     assert ready >= now
     assert h.current_tokens(track, ready, cfg) >= 1.0
+
+
+def assess_with_min_max(
+    track: AccountTrack, now: float, r: h.Rates
+) -> tuple[float, float, float]:
+    """:func:`h.assess` as it was written with ``min``/``max``: the reference for
+    the comparisons that replaced them."""
+    health = track.health
+    if health is None:
+        health = r.initial
+    elif track.health_at is not None and now > track.health_at:
+        health = min(
+            h.HEALTH_MAX, health + r.recovery_per_second * (now - track.health_at)
+        )
+    tokens = track.tokens
+    if tokens is None:
+        tokens = r.max_tokens
+    else:
+        if track.tokens_at is not None and now > track.tokens_at:
+            tokens += r.regen_per_second * (now - track.tokens_at)
+        tokens = min(tokens, r.max_tokens)
+    used = track.last_used
+    idle = h.FRESHNESS_CAP_SECONDS if used is None else max(0.0, now - used)
+    freshness = min(idle, h.FRESHNESS_CAP_SECONDS) * 0.1
+    return health, tokens, health * 2 + tokens / r.max_tokens * 500 + freshness
+
+
+any_time = st.floats(allow_nan=True, allow_infinity=True)
+edgy_time = (
+    st.sampled_from([T0, T0 - 3600, T0 + 3600, -0.0, 0.0, math.inf, -math.inf])
+    | any_time
+)
+
+
+# 0 recovery x infinite rest is NaN health, which min(100, NaN) turns into 100.
+@example(
+    health=50.0,
+    health_at=T0,
+    tokens=None,
+    tokens_at=None,
+    last_used=None,
+    now=math.inf,
+    rates=h.Rates(70.0, 0.0, 50.0, 1.0),
+)
+@given(
+    health=st.none() | st.floats(0, 100),
+    health_at=st.none() | edgy_time,
+    tokens=st.none() | st.floats(0, allow_infinity=True),
+    tokens_at=st.none() | edgy_time,
+    last_used=st.none() | edgy_time,
+    now=edgy_time,
+    rates=st.builds(
+        h.Rates,
+        st.floats(0, 100),
+        st.floats(0, 1e3),
+        st.integers(1, 200).map(float),
+        st.floats(1e-4, 1e3),
+    ),
+)
+def test_assess_equals_the_min_max_version_bit_for_bit(
+    health: float | None,
+    health_at: float | None,
+    tokens: float | None,
+    tokens_at: float | None,
+    last_used: float | None,
+    now: float,
+    rates: h.Rates,
+) -> None:
+    track = AccountTrack(
+        health=health,
+        health_at=health_at,
+        tokens=tokens,
+        tokens_at=tokens_at,
+        last_used=last_used,
+    )
+    # repr tells NaN from NaN and -0.0 from 0.0, which == would not.
+    got = h.assess(track, now, rates)
+    assert repr(got) == repr(assess_with_min_max(track, now, rates))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from qwen_oauth_mitm.config import Config
+from qwen_oauth_mitm.rotation import health as h
 from qwen_oauth_mitm.rotation.select import choose_hybrid, choose_in_order, usable
 from qwen_oauth_mitm.rotation.simulation import fake_account
 from qwen_oauth_mitm.rotation.state import EMPTY_TRACK, AccountTrack, Cooldown
@@ -74,3 +75,20 @@ def test_in_order_stays_or_moves_on_from_the_cursor() -> None:
         )
         is None
     )
+
+
+def test_hybrid_with_rates_given_chooses_as_with_rates_computed() -> None:
+    config = Config.model_validate({"token_bucket": {"max_tokens": 5}})
+    tracks = {
+        "acct_0": AccountTrack(tokens=1.5, tokens_at=T0 - 5, last_used=T0 - 5),
+        "acct_1": AccountTrack(health=60.0, health_at=T0 - 900),
+        "acct_2": AccountTrack(tokens=0.2, tokens_at=T0),
+    }
+    rates = h.Rates.of(config.health_score, config.token_bucket)
+    computed = choose_hybrid(
+        ACCOUNTS, tracks, T0, config, sticky=None, excluded=(), offset=0
+    )
+    given = choose_hybrid(
+        ACCOUNTS, tracks, T0, config, sticky=None, excluded=(), offset=0, rates=rates
+    )
+    assert given == computed == (3, "score", 1000.0)

@@ -5,6 +5,7 @@ Pure core (no mitmproxy, no I/O, the clock passed in as ``now``):
 - ``state``: the tracker-state model persisted to ``qwen-auth-tracker-state.json``;
 - ``health``: health score, token bucket and the hybrid score;
 - ``ratelimit``: what an upstream error answer means (:func:`classify_error`);
+- ``days``: the quota day of a moment, remembered for the rest of that day;
 - ``affinity``: the bounded conversation -> account map;
 - ``status``: each account's state in words, and the accounts table;
 - ``engine``: :class:`Rotation`, the strategies, picks and their settlement;

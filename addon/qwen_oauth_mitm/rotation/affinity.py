@@ -45,12 +45,19 @@ class AffinityMap:
         return len(self._map)
 
     def get(self, conversation_key: str) -> str | None:
-        return self._map.get(digest(conversation_key))
+        return self.lookup(digest(conversation_key))
 
     def remember(self, conversation_key: str, account_id: str) -> None:
-        key = digest(conversation_key)
-        self._map.pop(key, None)
-        self._map[key] = account_id
+        self.store(digest(conversation_key), account_id)
+
+    def lookup(self, digested: str) -> str | None:
+        """:meth:`get` for a key already passed through :func:`digest`."""
+        return self._map.get(digested)
+
+    def store(self, digested: str, account_id: str) -> None:
+        """:meth:`remember` for a key already passed through :func:`digest`."""
+        self._map.pop(digested, None)
+        self._map[digested] = account_id
         self._evict()
 
     def forget_accounts(self, keep: Collection[str]) -> int:

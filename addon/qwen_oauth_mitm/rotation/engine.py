@@ -24,14 +24,15 @@ from collections.abc import Collection, Sequence
 from qwen_oauth_mitm.accounts import Account
 from qwen_oauth_mitm.config import Config, parse_timezone
 from qwen_oauth_mitm.rotation import health as h
-from qwen_oauth_mitm.rotation.affinity import AffinityMap
+from qwen_oauth_mitm.rotation.affinity import AffinityMap, digest
+from qwen_oauth_mitm.rotation.days import QuotaDays
 from qwen_oauth_mitm.rotation.picks import (
     AllUnavailable,
     Pick,
     PickReason,
     wait_before_retry,
 )
-from qwen_oauth_mitm.rotation.ratelimit import Verdict, quota_day
+from qwen_oauth_mitm.rotation.ratelimit import Verdict
 from qwen_oauth_mitm.rotation.select import Choice, choose_hybrid, choose_in_order
 from qwen_oauth_mitm.rotation.state import (
     EMPTY_TRACK,
@@ -77,7 +78,8 @@ class Rotation:
     def reconfigure(self, config: Config) -> None:
         """Use new settings from now on; the learned state is kept."""
         self._config = config
-        self._tz = parse_timezone(config.quota_reset_timezone)
+        self._days = QuotaDays(parse_timezone(config.quota_reset_timezone))
+        self._rates = h.Rates.of(config.health_score, config.token_bucket)
 
     @property
     def config(self) -> Config:
@@ -102,31 +104,40 @@ class Rotation:
         they are neither picked nor counted in ``retry_at``.
         """
         excluded = frozenset(exclude)
-        chosen = self._choose(accounts, now, conversation_key, excluded)
+        cfg = self._config
+        # Digested once here: the lookup and the update after the pick share it.
+        conversation = (
+            digest(conversation_key)
+            if conversation_key
+            and cfg.rotation_strategy == "hybrid"
+            and cfg.conversation_affinity
+            else None
+        )
+        chosen = self._choose(accounts, now, conversation, excluded)
         if chosen is None:
             return self._unavailable(accounts, now, excluded)
         index, reason, score = chosen
-        return self._take(accounts[index], now, reason, score, conversation_key)
+        return self._take(accounts[index], now, reason, score, conversation)
 
     def _choose(
         self,
         accounts: Sequence[Account],
         now: float,
-        key: str | None,
+        conversation: str | None,
         excluded: frozenset[str],
     ) -> Choice | None:
         cfg, n = self._config, len(accounts)
         offset = self._pid % n if cfg.pid_offset_enabled and n else 0
         if cfg.rotation_strategy == "hybrid":
-            use_key = key if cfg.conversation_affinity else None
             return choose_hybrid(
                 accounts,
                 self._tracks,
                 now,
                 cfg,
-                sticky=self._affinity.get(use_key) if use_key else None,
+                sticky=self._affinity.lookup(conversation) if conversation else None,
                 excluded=excluded,
                 offset=offset,
+                rates=self._rates,
             )
         round_robin = cfg.rotation_strategy == "round-robin"
         return choose_in_order(
@@ -149,31 +160,29 @@ class Rotation:
         now: float,
         reason: PickReason,
         score: float | None,
-        key: str | None,
+        conversation: str | None,
     ) -> Pick:
         bcfg = self._config.token_bucket
         track = self._tracks.get(account.id, EMPTY_TRACK)
-        previous = track.last_used
         tokens = h.current_tokens(track, now, bcfg)
         taken = min(1.0, tokens)
-        track = h.set_tokens(track, now, tokens - taken, bcfg)
-        day = quota_day(now, self._tz)
-        counters = _counters(track, day)
+        day = self._days.day(now)
+        # One copy of the track for the bucket, the freshness and the count: this
+        # runs on every request, and each model_copy costs microseconds.
         self._tracks[account.id] = track.model_copy(
             update={
+                "tokens": h.bucket_level(tokens - taken, bcfg),
+                "tokens_at": now,
                 "last_used": now,
-                "today": counters.model_copy(
-                    update={"requests": counters.requests + 1}
-                ),
+                "today": _count_request(track.today, day),
             }
         )
         self._cursor, self._cursor_failed = account.id, False
         self._first_pick = False
-        cfg = self._config
-        if key and cfg.rotation_strategy == "hybrid" and cfg.conversation_affinity:
-            self._affinity.remember(key, account.id)
+        if conversation is not None:
+            self._affinity.store(conversation, account.id)
         self.revision += 1
-        return Pick(account, reason, now, score, taken, previous, day)
+        return Pick(account, reason, now, score, taken, track.last_used, day)
 
     def _unavailable(
         self, accounts: Sequence[Account], now: float, excluded: frozenset[str]
@@ -242,7 +251,7 @@ class Rotation:
         """A 429 or quota answer: penalty, cooldown until ``until``, count it."""
         cfg = self._config.health_score
         track = h.adjust_health(self._track(pick), now, cfg.rate_limit_penalty, cfg)
-        counters = _counters(track, quota_day(now, self._tz))
+        counters = _counters(track, self._days.day(now))
         track = track.model_copy(
             update={
                 "last_failure": now,
@@ -321,7 +330,7 @@ class Rotation:
 
     def status(self, accounts: Sequence[Account], now: float) -> list[AccountStatus]:
         """Every account's state at ``now``, in the order given."""
-        today = quota_day(now, self._tz)
+        today = self._days.day(now)
         return [
             account_status(
                 a, self._tracks.get(a.id, EMPTY_TRACK), now, self._config, today=today
@@ -357,6 +366,17 @@ class Rotation:
 def _counters(track: AccountTrack, day: str) -> DayCounters:
     today = track.today
     return today if today is not None and today.day == day else DayCounters(day=day)
+
+
+def _count_request(today: DayCounters | None, day: str) -> DayCounters:
+    """``today`` with one more request, or the first request of a new ``day``."""
+    if today is None or today.day != day:
+        return DayCounters(day=day, requests=1)
+    # Built, not model_copy'd: for three plain fields pydantic-core's validation
+    # is faster than model_copy's Python-level copy of __dict__ and fields set.
+    return DayCounters(
+        day=day, requests=today.requests + 1, rate_limits=today.rate_limits
+    )
 
 
 def _cool(

@@ -78,8 +78,14 @@ def set_tokens(
     track: AccountTrack, now: float, tokens: float, cfg: TokenBucketConfig
 ) -> AccountTrack:
     """Store ``tokens`` (clamped to the bucket) as the content at ``now``."""
-    value = _clamp(tokens, 0.0, float(cfg.max_tokens))
-    return track.model_copy(update={"tokens": value, "tokens_at": now})
+    return track.model_copy(
+        update={"tokens": bucket_level(tokens, cfg), "tokens_at": now}
+    )
+
+
+def bucket_level(tokens: float, cfg: TokenBucketConfig) -> float:
+    """``tokens`` clamped to the bucket, as :func:`set_tokens` stores them."""
+    return _clamp(tokens, 0.0, float(cfg.max_tokens))
 
 
 READY_SLACK = 1e-3
@@ -142,22 +148,37 @@ def assess(track: AccountTrack, now: float, r: Rates) -> tuple[float, float, flo
     The same arithmetic as :func:`current_health`, :func:`current_tokens`,
     :func:`idle_seconds` and :func:`hybrid_score` (a test holds them equal),
     inlined because the picker runs it for every account on every request.
+    For the same reason it compares instead of calling ``min``/``max`` (a builtin
+    call costs several comparisons here); each comparison is the one ``min`` or
+    ``max`` makes, so the results are the same bit for bit, NaN and -0.0
+    included (a test holds this too).
     """
     health = track.health
     if health is None:
         health = r.initial
-    elif track.health_at is not None and now > track.health_at:
-        health = min(
-            HEALTH_MAX, health + r.recovery_per_second * (now - track.health_at)
-        )
+    else:
+        at = track.health_at
+        if at is not None and now > at:
+            health += r.recovery_per_second * (now - at)
+            if not health < HEALTH_MAX:  # min(HEALTH_MAX, health)
+                health = HEALTH_MAX
+    top = r.max_tokens
     tokens = track.tokens
     if tokens is None:
-        tokens = r.max_tokens
+        tokens = top
     else:
-        if track.tokens_at is not None and now > track.tokens_at:
-            tokens += r.regen_per_second * (now - track.tokens_at)
-        tokens = min(tokens, r.max_tokens)
+        at = track.tokens_at
+        if at is not None and now > at:
+            tokens += r.regen_per_second * (now - at)
+        if top < tokens:  # min(tokens, top)
+            tokens = top
     used = track.last_used
-    idle = FRESHNESS_CAP_SECONDS if used is None else max(0.0, now - used)
-    freshness = min(idle, FRESHNESS_CAP_SECONDS) * 0.1
-    return health, tokens, health * 2 + tokens / r.max_tokens * 500 + freshness
+    if used is None:
+        idle = FRESHNESS_CAP_SECONDS
+    else:
+        idle = now - used
+        if not idle > 0.0:  # max(0.0, idle)
+            idle = 0.0
+        elif idle > FRESHNESS_CAP_SECONDS:  # min(idle, FRESHNESS_CAP_SECONDS)
+            idle = FRESHNESS_CAP_SECONDS
+    return health, tokens, health * 2 + tokens / top * 500 + idle * 0.1

@@ -38,6 +38,7 @@ def choose_hybrid(
     sticky: str | None,
     excluded: Collection[str],
     offset: int,
+    rates: h.Rates | None = None,
 ) -> Choice | None:
     """The best hybrid score among usable accounts with a token and enough health.
 
@@ -45,24 +46,28 @@ def choose_hybrid(
     health alone rules out every account, the healthiest one with a token is
     chosen instead. Equal scores (fresh accounts) go to the account nearest
     ``offset`` (the pid offset), so parallel processes start on different ones.
+    ``rates`` are ``config``'s (:meth:`.health.Rates.of`), when the caller keeps them.
     """
-    rates = h.Rates.of(config.health_score, config.token_bucket)
+    if rates is None:
+        rates = h.Rates.of(config.health_score, config.token_bucket)
     min_usable = config.health_score.min_usable
     n = len(accounts)
-    assess = h.assess
+    assess, get = h.assess, tracks.get  # locals: looked up once, not per account
     best_score = weak_health = weak_score = -math.inf
     best_i = weak_i = -1
     for i, account in enumerate(accounts):
-        if account.disabled or account.needs_relogin or account.id in excluded:
+        account_id = account.id
+        if account.disabled or account.needs_relogin or account_id in excluded:
             continue
-        track = tracks.get(account.id, EMPTY_TRACK)
-        if track.cooldown is not None and track.cooldown.until > now:
+        track = get(account_id, EMPTY_TRACK)
+        cooldown = track.cooldown
+        if cooldown is not None and cooldown.until > now:
             continue
         health, tokens, score = assess(track, now, rates)
         if tokens < 1:
             continue
         if health >= min_usable:
-            if account.id == sticky:
+            if account_id == sticky:
                 return i, "affinity", score
             if score > best_score or (
                 score == best_score and (i - offset) % n < (best_i - offset) % n
@@ -98,8 +103,11 @@ def choose_in_order(
     one account's turn to another; a cursor whose account is gone starts at 0.
     """
     n = len(accounts)
-    pos = next((i for i, a in enumerate(accounts) if a.id == cursor), None)
-    start = offset + (0 if pos is None else pos + (0 if stay else 1))
+    start = offset
+    for pos, account in enumerate(accounts):  # a plain loop: no generator to resume
+        if account.id == cursor:
+            start += pos + (0 if stay else 1)
+            break
     for k in range(n):
         i = (start + k) % n
         account = accounts[i]
