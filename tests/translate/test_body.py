@@ -73,6 +73,8 @@ def test_many_small_values_cost_about_what_json_loads_does(
         ),
         (b'{"a":[NaN],"b":NaN}', "a[0]"),  # json.loads makes one NaN object: the first
         (b'{"a":{"b":[[[1e999]]]}}', "a.b[0][0][0]"),  # a float too large: inf
+        # An empty key first: the path must not pass for the top-level field.
+        (b'{"":{"instructions":Infinity}}', ".instructions"),
     ],
 )
 def test_the_first_non_number_is_named(raw: bytes, param: str) -> None:

@@ -136,10 +136,14 @@ def _check_error(error: TranslationError, body: object) -> None:
         assert re.search(r"JSON|body", error.message), error.message
     else:
         assert isinstance(body, dict)
-        # A key of the body (a top-level key may itself hold "." or "["), or a
-        # path under one, or a required one that is missing.
-        named = error.param in body or _root(error.param) in {*body, *REQUIRED}
-        assert named, (error.param, list(body))
+        # A key of the body, or a path under one (a key may itself hold "." or
+        # "[", or be empty: it is the path's start, whatever follows), or a
+        # required one that is missing.
+        param = error.param
+        named = any(
+            param == key or param.startswith((f"{key}.", f"{key}[")) for key in body
+        )
+        assert named or _root(param) in REQUIRED, (param, list(body))
 
 
 def _loose(raw: bytes) -> object:

@@ -151,6 +151,8 @@ def _items(
 def _format(keys: list[str | int]) -> str:
     """``input[2].content[0].text`` (OpenAI's ``param`` style)."""
     out = ""
-    for key in keys:
-        out += f"[{key}]" if isinstance(key, int) else (f".{key}" if out else key)
+    for i, key in enumerate(keys):
+        # By position, not by ``out``: a first key "" leaves it empty, and the
+        # next key would pass for a top-level one ({"": {"instructions": ...}}).
+        out += f"[{key}]" if isinstance(key, int) else (f".{key}" if i else key)
     return out
