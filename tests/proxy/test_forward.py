@@ -30,7 +30,7 @@ from qwen_oauth_mitm.proxy.relay import Relay, ResponseWriter
 from qwen_oauth_mitm.proxy.upstream import UpstreamClient
 from qwen_oauth_mitm.rotation import Rotation, TrackerState, TrackerStore, tracker_file
 from qwen_oauth_mitm.store import accounts_file
-from qwen_oauth_mitm.translate import translate_request
+from qwen_oauth_mitm.translate import StreamTranslator, translate_request
 
 from .scripted_upstream import ScriptedUpstream
 
@@ -266,6 +266,50 @@ async def test_a_stream_is_translated_and_ended(
     assert out.finished
     assert b"response.completed" in out.body
     assert not job.failed
+
+
+async def test_a_stream_s_opening_is_rendered_while_the_upstream_thinks(
+    make: Callable[..., Forwarder],
+) -> None:
+    job, out = _job(stream=True), Recorder()
+    seen: list[object] = []
+
+    class Thinking(Chunks):
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            await asyncio.sleep(0)  # the upstream's think time: one loop turn
+            seen.append(job.translator)
+            async for chunk in super().__aiter__():
+                yield chunk
+
+    chunks = [
+        b'data: {"choices":[{"index":0,"delta":{"content":"hey"},'
+        b'"finish_reason":"stop"}]}\n\n',
+        b"data: [DONE]\n\n",
+    ]
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(job.translator)  # the request is out: none made before it
+        return httpx.Response(200, stream=Thinking(chunks))
+
+    fwd = make([_key("a")], handle)
+    await fwd.serve(job, out)
+    assert seen[0] is None
+    translator = seen[1]
+    assert isinstance(translator, StreamTranslator)
+    assert translator is job.translator  # the one the stream used
+    assert translator.outcome.response_id.encode() in out.body
+    assert b"response.completed" in out.body
+
+
+async def test_a_chat_job_has_no_translator(make: Callable[..., Forwarder]) -> None:
+    def handle(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, stream=Chunks([b"data: {}\n\n"]))
+
+    fwd = make([_key("a")], handle)
+    job = Job("f1", "chat", {"model": "m", "stream": True}, None, None, True)
+    await fwd.serve(job, Recorder())
+    await asyncio.sleep(0)  # a callback, had one been scheduled
+    assert job.translator is None
 
 
 async def test_a_401_refreshes_and_retries_the_same_account(

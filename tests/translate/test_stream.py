@@ -385,3 +385,47 @@ def test_reasoning_is_replayed_next_turn() -> None:
         chat["messages"][1]["reasoning_content"]
         == CASES["reasoning_then_text"]["reasoning"]
     )
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("when", ["never", "before", "twice", "after the start"])
+def test_prepare_changes_no_byte_of_the_stream(name: str, when: str) -> None:
+    raw = upstream(name)
+    plain, _ = translate_chunks([raw])
+    translator = StreamTranslator(stream_request(), now=NOW, ids=counter_ids())
+    if when in ("before", "twice"):
+        translator.prepare()
+    if when == "twice":
+        translator.prepare()
+    out: list[bytes] = []
+    for i in range(0, len(raw), 97):  # the first event may straddle two feeds
+        out += translator.feed(raw[i : i + 97])
+        if when == "after the start" and out:
+            translator.prepare()
+    out += translator.finish()
+    assert out == plain
+
+
+def test_prepare_renders_before_anything_is_fed() -> None:
+    translator = StreamTranslator(stream_request(), now=NOW, ids=counter_ids())
+    translator.prepare()
+    assert translator.feed(b": ping\n\n") == []  # rendered, not emitted
+    first = parse_events(translator.feed(_chunk({"role": "assistant"})))
+    assert [e["type"] for e in first] == ["response.created", "response.in_progress"]
+    assert [e["sequence_number"] for e in first] == [0, 1]
+
+
+def test_a_failing_prepare_leaves_the_stream_to_render_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    translator = StreamTranslator(stream_request(), now=NOW, ids=counter_ids())
+
+    def broken(*_: object, **__: object) -> str:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(translator, "_response", broken)
+    translator.prepare()  # no exception
+    monkeypatch.undo()
+    plain, _ = translate_chunks([upstream("plain_text")])
+    out = translator.feed(upstream("plain_text")) + translator.finish()
+    assert out == plain

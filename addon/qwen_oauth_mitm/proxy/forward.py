@@ -266,6 +266,9 @@ class Forwarder:
         )
         started = time.monotonic()
         t = cfg.timeouts
+        if job.translator is None and job.translated is not None and job.stream:
+            # Runs once this task waits for the answer: the request is out by then.
+            asyncio.get_running_loop().call_soon(self._prepare_translator, job)
         try:
             response = await self.http.send(
                 "POST",
@@ -488,11 +491,10 @@ class Forwarder:
         headers = [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache")]
         job.status = 200
         await out.start(200, headers, chunked=True)
-        translator = (
-            StreamTranslator(job.translated, now=self.clock())
-            if job.translated is not None
-            else None
-        )
+        translator = job.translator
+        if translator is None and job.translated is not None:
+            translator = StreamTranslator(job.translated, now=self.clock())
+            job.translator = translator  # a late _prepare_translator: nothing to do
         gap = self.config.timeouts.between_chunks_seconds
         try:
             await out.write(
@@ -516,6 +518,19 @@ class Forwarder:
                 job.error = job.error or outcome.error_message
                 job.upstream_cut = True  # garbage or an error mid-way: no success
         await out.end()
+
+    def _prepare_translator(self, job: Job) -> None:
+        """Make the job's translator and render its opening events, while the
+        upstream thinks (see :meth:`StreamTranslator.prepare`)."""
+        if job.translator is not None or job.translated is None:
+            return
+        try:
+            translator = StreamTranslator(job.translated, now=self.clock())
+            translator.prepare()
+        except Exception:  # a loop callback: the stream makes its own then
+            log.exception("flow %s: cannot prepare the translator", job.flow_id)
+            return
+        job.translator = translator
 
     async def _whole(
         self,

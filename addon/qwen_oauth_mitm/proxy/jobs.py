@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from qwen_oauth_mitm.proxy.outbox import Outbox
-from qwen_oauth_mitm.translate import TranslatedRequest
+from qwen_oauth_mitm.translate import StreamTranslator, TranslatedRequest
 
 Kind = Literal["responses", "chat"]
 
@@ -61,6 +61,9 @@ class Job:
     """Where the relay task writes the answer (see :mod:`.outbox`)."""
     task: asyncio.Task[None] | None = field(default=None, repr=False)
     """The relay task, started by the ``request`` hook."""
+    translator: StreamTranslator | None = field(default=None, repr=False)
+    """A streamed ``responses`` job's translator, made (and its opening events
+    rendered) while the first upstream request is under way."""
 
     def cancel(self) -> bool:
         """Stop the relay task if it still runs; whether it did."""

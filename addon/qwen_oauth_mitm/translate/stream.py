@@ -49,6 +49,9 @@ __all__ = ["Failure", "StreamOutcome", "StreamTranslator"]
 
 type Failure = Literal["upstream_error", "truncated", "malformed", "internal"]
 
+_OPENING = ("response.created", "response.in_progress")
+"""The events every stream starts with, before any of the answer."""
+
 
 class _Malformed(Exception):
     """An upstream chunk of the wrong shape; ends the stream as a failure."""
@@ -95,6 +98,7 @@ class StreamTranslator:
         self._failure: Failure | None = None
         self._error: dict[str, str] | None = None
         self._echo: str | None = None
+        self._opening: list[bytes] | None = None
 
     @property
     def outcome(self) -> StreamOutcome:
@@ -108,6 +112,24 @@ class StreamTranslator:
             error_code=error.get("code"),
             error_message=error.get("message"),
         )
+
+    def prepare(self) -> None:
+        """Render the opening events now: ``response.created`` and
+        ``response.in_progress`` depend on the request alone, so the forwarder has
+        them rendered while the upstream is still thinking, and the first answer
+        bytes go out sooner (a large request's echo of tools and instructions is
+        most of their cost). Nothing is emitted: the first event does that, as
+        ever. Too late (the stream started) or failing: a no-op."""
+        if self._started or self._opening is not None:
+            return
+        try:
+            response = self._response("in_progress")
+            self._opening = [
+                self._response_event(kind, response, seq)
+                for seq, kind in enumerate(_OPENING)
+            ]
+        except Exception:  # see the module docstring: never crash the flow
+            self._opening = None
 
     def feed(self, chunk: bytes) -> list[bytes]:
         """Translate the next upstream bytes; returns the events they completed."""
@@ -262,8 +284,12 @@ class StreamTranslator:
         if self._started:
             return
         self._started = True
+        if self._opening is not None and self._seq == 0:
+            self._out += self._opening  # rendered by prepare(): the same bytes
+            self._seq = len(self._opening)
+            return
         response = self._response("in_progress")
-        for kind in ("response.created", "response.in_progress"):
+        for kind in _OPENING:
             self._emit_response(kind, response)
 
     def _close_text(self) -> None:
@@ -326,14 +352,18 @@ class StreamTranslator:
         )
 
     def _emit_response(self, kind: str, response: str) -> None:
-        """``{"type": kind, "response": ..., "sequence_number": n}``, as
+        self._out.append(self._response_event(kind, response, self._seq))
+        self._seq += 1
+
+    @staticmethod
+    def _response_event(kind: str, response: str, seq: int) -> bytes:
+        """``{"type": kind, "response": ..., "sequence_number": seq}``, as
         :meth:`_emit` would write it, around a response that is JSON text."""
         data = (
             f'{{"type":{json.dumps(kind)},"response":{response},'
-            f'"sequence_number":{self._seq}}}'
+            f'"sequence_number":{seq}}}'
         )
-        self._seq += 1
-        self._out.append(encode_json_text_event(data, event=kind))
+        return encode_json_text_event(data, event=kind)
 
     def _emit(self, payload: dict[str, Any]) -> None:
         payload["sequence_number"] = self._seq
