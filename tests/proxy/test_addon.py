@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from mitmproxy import exceptions, http
+from mitmproxy import ctx, exceptions, http
 from mitmproxy.test import taddons, tflow, tutils
 
 from qwen_oauth_mitm import redact
@@ -195,6 +195,33 @@ class TestRelayRewrite:
         assert job.stream
         assert job.chat_body["messages"] == [{"role": "user", "content": "hi"}]
         assert f.metadata["qwen"]["responses_request"] == body
+
+    @pytest.mark.parametrize(
+        ("strategy", "affinity", "keyed"),
+        [
+            ("hybrid", "true", True),
+            ("hybrid", "false", False),
+            ("sequential", "true", False),
+            ("round-robin", "true", False),
+        ],
+    )
+    @pytest.mark.parametrize("path", ["/v1/responses", "/v1/chat/completions"])
+    async def test_a_conversation_key_only_where_the_pick_uses_one(
+        self, running: QwenAddon, strategy: str, affinity: str, keyed: bool, path: str
+    ) -> None:
+        ctx.options.update(  # type: ignore[no-untyped-call]  # the config follows
+            qwen_rotation_strategy=strategy, qwen_conversation_affinity=affinity
+        )
+        body: dict[str, object] = {"model": "m", "prompt_cache_key": "conv-1"}
+        if path == "/v1/responses":
+            body["input"] = "hi"
+        else:
+            body["messages"] = []
+        f = _flow(path=path, body=json.dumps(body).encode())
+        await running.request(f)
+        job = running.jobs[f.id]
+        assert job.conversation_key == ("pck:conv-1" if keyed else None)
+        job.cancel()
 
     async def test_streaming_is_switched_on_for_relayed_flows(
         self, running: QwenAddon

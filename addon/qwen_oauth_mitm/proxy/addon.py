@@ -409,6 +409,8 @@ class QwenAddon:
             )
 
     def _job(self, flow_id: str, path: str, body: object) -> Job:
+        # The key costs a hash of the conversation's start: only if the pick uses it.
+        keyed = self.forwarder is None or self.forwarder.rotation.uses_conversations
         if path == "/v1/responses":
             translated = translate_request(body)
             return Job(
@@ -416,7 +418,7 @@ class QwenAddon:
                 "responses",
                 translated.chat,
                 translated,
-                conversation_key(body),
+                conversation_key(body) if keyed else None,
                 translated.stream,
             )
         chat = check_chat_request(body)
@@ -425,7 +427,7 @@ class QwenAddon:
             "chat",
             chat,
             None,
-            chat_conversation_key(chat),
+            chat_conversation_key(chat) if keyed else None,
             bool(chat.get("stream")),
         )
 

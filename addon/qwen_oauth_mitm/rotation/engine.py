@@ -87,6 +87,13 @@ class Rotation:
 
     # --- picking ------------------------------------------------------------------
 
+    @property
+    def uses_conversations(self) -> bool:
+        """Whether :meth:`pick` looks at a ``conversation_key`` (hybrid with
+        ``conversation_affinity``): callers need not work one out otherwise."""
+        cfg = self._config
+        return cfg.rotation_strategy == "hybrid" and cfg.conversation_affinity
+
     def pick(
         self,
         accounts: Sequence[Account],
@@ -104,13 +111,10 @@ class Rotation:
         they are neither picked nor counted in ``retry_at``.
         """
         excluded = frozenset(exclude)
-        cfg = self._config
         # Digested once here: the lookup and the update after the pick share it.
         conversation = (
             digest(conversation_key)
-            if conversation_key
-            and cfg.rotation_strategy == "hybrid"
-            and cfg.conversation_affinity
+            if conversation_key and self.uses_conversations
             else None
         )
         chosen = self._choose(accounts, now, conversation, excluded)
