@@ -101,18 +101,18 @@ class Outbox:
     async def start(
         self, status: int, headers: Iterable[tuple[str, str]], *, chunked: bool
     ) -> None:
-        out = await self._target()
+        out = self._out or await self._target()
         await out.start(status, headers, chunked=chunked)
 
     async def write(self, data: bytes) -> None:
-        out = await self._target()
+        out = self._out or await self._target()  # no coroutine a chunk once attached
         await out.write(data)
         if data and not self._first_written:
             self._first_written = True
             await self._let_head_through()
 
     async def end(self) -> None:
-        out = await self._target()
+        out = self._out or await self._target()
         await out.end()
 
     async def answer(
