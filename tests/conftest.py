@@ -8,7 +8,7 @@ default ``ci`` profile is what ``scripts/test`` runs.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -55,3 +55,25 @@ def _fresh_registry() -> Iterator[None]:
     """Secrets registered for redaction by one test do not leak into the next."""
     yield
     redact.REGISTRY.clear()
+
+
+type CallCounter = Callable[[object, str], list[object]]
+
+
+@pytest.fixture
+def count_calls(monkeypatch: pytest.MonkeyPatch) -> CallCounter:
+    """``count_calls(obj, "name")``: a list that grows by one at each call of
+    ``obj.name`` from now on (the method still runs; undone after the test)."""
+
+    def start(obj: object, name: str) -> list[object]:
+        calls: list[object] = []
+        real = getattr(obj, name)
+
+        def counted(*args: object, **kwargs: object) -> object:
+            calls.append(args)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(obj, name, counted)
+        return calls
+
+    return start

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,20 +74,13 @@ async def test_a_known_account_spares_the_look_at_the_file(
     store: Store,
     fake: FakeQwenOAuth,
     client: OAuthClient,
-    monkeypatch: pytest.MonkeyPatch,
+    count_calls: Callable[[object, str], list[object]],
 ) -> None:
     (acct,) = seed(store, fake, ("a", 3600))
     mgr = manager(store, client)
     known = (await mgr.accounts()).get(acct.id)
     assert known is not None
-    looks: list[object] = []
-    real = store.signature
-
-    def signature() -> tuple[int, ...] | None:
-        looks.append(None)
-        return real()
-
-    monkeypatch.setattr(store, "signature", signature)
+    looks = count_calls(store, "signature")
     assert await mgr.access_token(acct.id, known=known) == secret(acct, "access_token")
     assert looks == []
     assert await mgr.access_token(acct.id) == secret(acct, "access_token")

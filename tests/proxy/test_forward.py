@@ -149,21 +149,13 @@ async def test_a_5xx_fails_over_once(make: Callable[..., Forwarder]) -> None:
 
 
 async def test_a_request_looks_at_the_accounts_file_once(
-    make: Callable[..., Forwarder], monkeypatch: pytest.MonkeyPatch
+    make: Callable[..., Forwarder], count_calls: Callable[[object, str], list[object]]
 ) -> None:
     # The pick reads the accounts (a stat of the file, a read if it changed);
     # the rotation's prune check and the token reuse that look: no second stat.
     seen: list[str] = []
     fwd = make([_key("a"), _key("b")], _by_token({}, seen))
-    store = fwd.tokens.store
-    looks: list[object] = []
-    real = store.signature
-
-    def signature() -> tuple[int, ...] | None:
-        looks.append(None)
-        return real()
-
-    monkeypatch.setattr(store, "signature", signature)
+    looks = count_calls(fwd.tokens.store, "signature")
     for n in (1, 2):
         job, out = _job(), Recorder()
         await fwd.serve(job, out)

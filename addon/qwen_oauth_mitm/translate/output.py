@@ -8,7 +8,7 @@ responses-api.md §3-4): ``annotations`` on ``output_text``, ``summary`` on reas
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Any, Literal, NotRequired, TypedDict, Unpack
 
 from qwen_oauth_mitm.translate.request import TranslatedRequest
 
@@ -108,29 +108,27 @@ def translate_usage(usage: object) -> dict[str, Any]:
     }
 
 
+class ResponseFields(TypedDict):
+    """A response object's own fields (the request's echo aside)."""
+
+    response_id: str
+    created_at: int
+    status: Status
+    output: list[dict[str, Any]]
+    usage: dict[str, Any] | None
+    error: NotRequired[dict[str, Any] | None]
+    incomplete_reason: NotRequired[str | None]
+
+
 def response_object(
-    request: TranslatedRequest,
-    *,
-    response_id: str,
-    created_at: int,
-    status: Status,
-    output: list[dict[str, Any]],
-    usage: dict[str, Any] | None,
-    error: dict[str, Any] | None = None,
-    incomplete_reason: str | None = None,
+    request: TranslatedRequest, **fields: Unpack[ResponseFields]
 ) -> dict[str, Any]:
     """The ``response`` object, with the request's echo fields."""
-    incomplete = None if incomplete_reason is None else {"reason": incomplete_reason}
     return {
-        "id": response_id,
-        "object": "response",
-        "created_at": created_at,
-        "status": status,
-        "error": error,
-        "incomplete_details": incomplete,
+        **_head(fields),
         **request.echo,
-        "output": output,
-        "usage": usage,
+        "output": fields["output"],
+        "usage": fields["usage"],
     }
 
 
@@ -140,36 +138,29 @@ def echo_fields(request: TranslatedRequest) -> str:
     return _dumps(request.echo)[1:-1]
 
 
-def response_json(
-    echo: str,
-    *,
-    response_id: str,
-    created_at: int,
-    status: Status,
-    output: list[dict[str, Any]],
-    usage: dict[str, Any] | None,
-    error: dict[str, Any] | None = None,
-    incomplete_reason: str | None = None,
-) -> str:
+def response_json(echo: str, **fields: Unpack[ResponseFields]) -> str:
     """:func:`response_object` as compact JSON text, byte for byte what
     ``json.dumps`` (compact) writes of it, with ``echo`` (:func:`echo_fields`)
     already serialized. The echo holds the request's tools and instructions, tens
     of KiB for OpenCode, and a stream repeats it in three events: serialized once
     per stream, it no longer costs the first event two ``json.dumps`` of it."""
-    incomplete = None if incomplete_reason is None else {"reason": incomplete_reason}
-    head = _dumps(
-        {
-            "id": response_id,
-            "object": "response",
-            "created_at": created_at,
-            "status": status,
-            "error": error,
-            "incomplete_details": incomplete,
-        }
-    )
-    tail = _dumps({"output": output, "usage": usage})
+    head = _dumps(_head(fields))
+    tail = _dumps({"output": fields["output"], "usage": fields["usage"]})
     middle = f",{echo}," if echo else ","
     return head[:-1] + middle + tail[1:]
+
+
+def _head(fields: ResponseFields) -> dict[str, Any]:
+    """The fields before the echo, in the order clients see them."""
+    reason = fields.get("incomplete_reason")
+    return {
+        "id": fields["response_id"],
+        "object": "response",
+        "created_at": fields["created_at"],
+        "status": fields["status"],
+        "error": fields.get("error"),
+        "incomplete_details": None if reason is None else {"reason": reason},
+    }
 
 
 def _dumps(value: object) -> str:
