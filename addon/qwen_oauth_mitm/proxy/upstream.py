@@ -5,11 +5,12 @@ Why not httpx: on the relay's hot path its layers (httpx, httpcore, anyio) cost
 chunk (issue #8). This client does only what the forwarder needs: one request, a
 streamed answer, keep-alive. The request head is ours (:func:`.http11.build_request`:
 h11's per-header checks and serializing were ~135 µs of the time to first byte
-inside mitmdump); the answer is parsed by llhttp (:mod:`.answer`: h11's parsing
-was ~120 µs more). The I/O is asyncio streams, the request head and body going
-out in one socket write. What needs no I/O (URLs, the request head, content
-codings, the answer's parsing) is in :mod:`.http11` and :mod:`.answer`. ``HEAD``
-is refused (:mod:`.answer` tells why): the forwarder sends only ``POST``.
+inside mitmdump); the answer is parsed by llhttp (:mod:`.answer`: h11, told of
+the request and parsing the head and first chunk, was ~170 µs more). The I/O is
+asyncio streams, the request head and body going out in one socket write. What
+needs no I/O (URLs, the request head, content codings, the answer's parsing) is in
+:mod:`.http11` and :mod:`.answer`. ``HEAD`` is refused (:mod:`.answer` tells why):
+the forwarder sends only ``POST``.
 
 Timeouts are per request (the forwarder passes those of the config of the moment):
 connecting (DNS, TCP, TLS) is bounded by ``connect_timeout``, writing the request by
