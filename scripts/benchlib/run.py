@@ -707,7 +707,8 @@ def machine() -> str:
         f"{len(os.sched_getaffinity(0))} CPUs (nproc), {model}; "
         f"{platform.system()} {platform.release()}; Python "
         f"{platform.python_version()}, mitmproxy {version('mitmproxy')}, "
-        f"httpx {version('httpx')} (the client), h11 {version('h11')} (the relay's)"
+        f"httpx {version('httpx')} (the client), "
+        f"httptools {version('httptools')} (the relay's)"
     )
 
 

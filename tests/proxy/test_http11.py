@@ -12,9 +12,9 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from qwen_oauth_mitm.proxy import http11
 from qwen_oauth_mitm.proxy.http11 import (
     DROPPED,
-    RequestHead,
     build_request,
     content_codings,
     decoder,
@@ -52,10 +52,10 @@ def test_a_url_that_is_no_http_url_is_refused(url: str) -> None:
         parse_url(url)
 
 
-def _parsed(head: RequestHead, body: bytes = b"") -> tuple[h11.Request, bytes]:
+def _parsed(head: bytes, body: bytes = b"") -> tuple[h11.Request, bytes]:
     """The request and body an h11 server reads from ``head`` and ``body``."""
     server = h11.Connection(h11.SERVER)
-    server.receive_data(head.data + body)
+    server.receive_data(head + body)
     request = server.next_event()
     assert isinstance(request, h11.Request)
     received = b""
@@ -66,7 +66,7 @@ def _parsed(head: RequestHead, body: bytes = b"") -> tuple[h11.Request, bytes]:
     return request, received
 
 
-def _fields(head: RequestHead, body: bytes) -> list[tuple[bytes, bytes]]:
+def _fields(head: bytes, body: bytes) -> list[tuple[bytes, bytes]]:
     return list(_parsed(head, body)[0].headers.raw_items())
 
 
@@ -108,13 +108,15 @@ def test_a_content_length_goes_with_a_body_or_a_post(
     assert fields.get(b"Content-Length") == length
 
 
-def test_h11_is_told_of_a_cached_stand_in_with_only_the_host() -> None:
-    head = build_request("HEAD", "/a?b", "h:1", {"Authorization": TOKEN}, b"")
-    stand_in = head.stand_in
-    assert (stand_in.method, stand_in.target) == (b"HEAD", b"/a?b")
-    assert stand_in.headers.raw_items() == [(b"Host", b"h:1")]
-    again = build_request("HEAD", "/a?b", "h:1", {"X": "other"}, b"x")
-    assert again.stand_in is stand_in  # made once: the cost is in making it
+def test_the_request_line_is_checked_and_made_once_per_method_target_host() -> None:
+    http11._start.cache_clear()
+    first = build_request("GET", "/a?b", "h:1", {"Authorization": TOKEN}, b"")
+    again = build_request("GET", "/a?b", "h:1", {"X": "other"}, b"x")
+    start = b"GET /a?b HTTP/1.1\r\nHost: h:1\r\n"
+    assert first.startswith(start)
+    assert again.startswith(start)
+    info = http11._start.cache_info()
+    assert (info.misses, info.hits) == (1, 1)
 
 
 _TCHARS = "!#$%&'*+-.^_`|~" + string.digits + string.ascii_letters
@@ -150,7 +152,7 @@ def test_the_head_is_h11s_own_bytes_and_reads_back_as_given(
     h11_head = h11.Connection(h11.CLIENT).send(
         h11.Request(method=method, target=target, headers=fields)
     )
-    assert head.data == h11_head
+    assert head == h11_head
     request, received = _parsed(head, body)
     assert (request.method, request.target) == (method.encode(), target.encode())
     assert request.headers.raw_items() == [(k.encode(), v.encode()) for k, v in fields]
@@ -257,20 +259,55 @@ def test_a_name_that_is_no_token_is_refused_unquoted(name: str) -> None:
     assert TOKEN not in str(caught.value)
 
 
+def _start_verdicts(method: str, target: str, host: str) -> tuple[bool, bool]:
+    """Whether h11 and we send a request line and ``Host`` of these."""
+    try:
+        h11.Request(method=method, target=target, headers=[("Host", host)])
+    except (h11.LocalProtocolError, UnicodeEncodeError):
+        h11_sends = False
+    else:
+        h11_sends = True
+    try:
+        head = build_request(method, target, host, {}, b"")
+    except ValueError:
+        return h11_sends, False
+    assert _parsed(head)[0].target == target.encode()  # and h11 reads it back
+    return h11_sends, True
+
+
 @pytest.mark.parametrize(
-    ("method", "target", "host"),
+    ("method", "target", "host", "said"),
     [
-        ("PO ST", "/", "h"),
-        ("POST", "/a b", "h"),
-        ("POST", "/é", "h"),
-        ("GET", "/", "h\r\nX: 1"),
+        ("PO ST", "/", "h", "the method is not a token"),
+        ("", "/", "h", "the method is not a token"),
+        ("PÖST", "/", "h", "the method is not a token"),
+        ("POST", "/a b", "h", "the target is not visible ASCII"),
+        ("POST", "", "h", "the target is not visible ASCII"),
+        ("POST", "/é", "h", "the target is not visible ASCII"),
+        ("POST", "/\x7f", "h", "the target is not visible ASCII"),
+        ("GET", "/", "h\r\nX: 1", "the Host header has a line break"),
+        ("GET", "/", "hé", "the Host header is not ASCII"),
+        ("GET", "/", " h", "the Host header begins or ends with whitespace"),
     ],
 )
 def test_a_method_target_or_host_h11_refuses_is_refused(
+    method: str, target: str, host: str, said: str
+) -> None:
+    assert _start_verdicts(method, target, host) == (False, False)
+    with pytest.raises(ValueError, match=f"cannot send this request: {said}$"):
+        build_request(method, target, host, {}, b"")
+
+
+@given(
+    method=_spoilt(st.sampled_from(["GET", "POST", "M-SEARCH", "x~!"])),
+    target=_spoilt(st.sampled_from(["/", "/v1/chat?a=1&b", "*", "http://h/x"])),
+    host=_spoilt(st.sampled_from(["h", "portal.qwen.ai", "127.0.0.1:8080"])),
+)
+def test_a_method_target_or_host_gets_h11s_verdict(
     method: str, target: str, host: str
 ) -> None:
-    with pytest.raises(ValueError, match="cannot send this request"):
-        build_request(method, target, host, {}, b"")
+    h11_sends, we_send = _start_verdicts(method, target, host)
+    assert we_send == h11_sends, (method, target, host)
 
 
 @pytest.mark.parametrize(

@@ -25,6 +25,7 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given
 from hypothesis import strategies as st
 
+from qwen_oauth_mitm.proxy.answer import MAX_HEAD
 from qwen_oauth_mitm.proxy.upstream import (
     STALE_WINDOW,
     UpstreamClient,
@@ -239,36 +240,30 @@ async def test_informational_answers_are_skipped(client: UpstreamClient) -> None
         await response.aclose()
 
 
-async def test_a_head_answer_has_no_body_whatever_its_length_says(
-    client: UpstreamClient,
+@pytest.mark.parametrize("method", ["HEAD", "head"])
+async def test_head_is_refused_before_anything_goes_out(
+    client: UpstreamClient, method: str
 ) -> None:
-    # h11 is told only of a stand-in request: it must still know it was a HEAD,
-    # or it would wait for the 5 bytes and take the next answer for them.
-    head = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"
-    async with RawServer(Answer([head])) as server:
-        async with asyncio.timeout(2):
-            response = await client.send(
-                "HEAD",
+    # llhttp would read the body a HEAD answer's Content-Length announces (and
+    # take the next answer for it): httptools cannot tell it the method.
+    async with RawServer() as server:
+        with pytest.raises(UpstreamConnectError, match="HEAD is not supported"):
+            await client.send(
+                method,
                 server.url + "/x",
-                {"X-A": "1"},
+                {},
                 b"",
                 connect_timeout=5,
                 write_timeout=5,
                 first_byte_timeout=5,
             )
-            assert response.headers["content-length"] == "5"
-            assert await response.aread() == b""
-            await response.aclose()
-            assert await fetch(client, server.url) == b"ok"
-    assert server.connections == 1
-    assert server.requests[0].startswith(b"HEAD /x HTTP/1.1\r\nHost: 127.0.0.1:")
-    assert b"Content-Length" not in server.requests[0]
+    assert (server.connections, client.connections_made) == (0, 0)
 
 
 async def test_headers_of_the_connection_are_never_sent(
     client: UpstreamClient,
 ) -> None:
-    # h11 would not know of them (it is told of a stand-in): a caller's
+    # The client frames the request and keeps the connection itself: a caller's
     # "Connection: close" or chunked framing must not reach the wire.
     dropped = {
         "Connection": "close",
@@ -282,7 +277,7 @@ async def test_headers_of_the_connection_are_never_sent(
     async with RawServer() as server:
         for _ in range(2):
             assert await fetch(client, server.url, headers={**dropped, "X-A": "1"})
-    assert server.connections == 1  # kept alive, as h11 believes
+    assert server.connections == 1  # kept alive, as the client believes
     for request in server.requests:
         head = request.partition(b"\r\n\r\n")[0].lower()
         assert b"x-a: 1" in head.split(b"\r\n")
@@ -476,6 +471,48 @@ async def test_a_garbage_status_line_is_a_protocol_error(
     async with RawServer(Answer([wire])) as server:
         with pytest.raises(UpstreamProtocolError, match="malformed answer"):
             await send(client, server.url)
+        assert client.idle_connections() == 0
+
+
+async def test_a_protocol_switch_is_a_protocol_error(client: UpstreamClient) -> None:
+    wire = (
+        b"HTTP/1.1 101 Switching\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n"
+    )
+    async with RawServer(Answer([wire])) as server:
+        with pytest.raises(UpstreamProtocolError, match="switches protocols"):
+            await send(client, server.url)
+        assert client.idle_connections() == 0
+
+
+async def test_a_head_over_max_head_is_a_protocol_error(client: UpstreamClient) -> None:
+    filler = b"X-F: " + b"a" * 8000 + b"\r\n"
+    wire = b"HTTP/1.1 200 OK\r\n" + filler * (MAX_HEAD // len(filler) + 1)
+    async with RawServer(Answer([wire, 5.0])) as server:
+        with pytest.raises(UpstreamProtocolError, match="head is over"):
+            await send(client, server.url)
+
+
+async def test_an_http_1_0_answer_with_keep_alive_is_kept_alive(
+    client: UpstreamClient,
+) -> None:
+    wire = b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nhi"
+    async with RawServer(Answer([wire])) as server:
+        assert await fetch(client, server.url) == b"hi"
+        assert await fetch(client, server.url) == b"ok"
+    assert server.connections == 1
+
+
+async def test_a_malformed_body_comes_after_its_good_pieces(
+    client: UpstreamClient,
+) -> None:
+    wire = chunked(b"hello", tail=b"zz\r\n")  # one read: head, chunk, fault
+    async with RawServer(Answer([wire], close=True)) as server:
+        response = await send(client, server.url)  # answered: no error yet
+        chunks = response.aiter_raw()
+        assert await anext(chunks) == b"hello"
+        with pytest.raises(UpstreamProtocolError, match="malformed answer from"):
+            await anext(chunks)
+        await response.aclose()
         assert client.idle_connections() == 0
 
 

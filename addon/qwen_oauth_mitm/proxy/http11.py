@@ -2,14 +2,15 @@
 
 - :func:`parse_url`: a URL's pool key, request target and ``Host`` header;
 - :func:`build_request`: the request head as sent (``Host`` and ``Content-Length``
-  set by it alone) and the stand-in request h11 is told of;
-- :func:`quote_free`: an h11 error message without what it quotes (h11 quotes
-  the offending line, which may carry a token);
+  set by it alone), checked as h11 would check it;
+- :func:`quote_free`: a parser's error message without what it quotes (h11 quoted
+  the offending line, which may carry a token; llhttp's reasons quote nothing,
+  but are cut all the same);
 - :func:`content_codings` and :func:`decoder`: ``Content-Encoding`` (gzip,
   deflate, identity; RFC 9110 §8.4).
 
-They raise ``ValueError`` (messages that quote no header value); the client turns
-it into its own errors.
+The answer is parsed in :mod:`.answer`. These raise ``ValueError`` (messages that
+quote no header value); the client turns it into its own errors.
 """
 
 from __future__ import annotations
@@ -18,10 +19,8 @@ import functools
 import re
 import zlib
 from collections.abc import Iterable, Mapping
-from typing import NamedTuple, Protocol
+from typing import Protocol
 from urllib.parse import urlsplit
-
-import h11
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -35,11 +34,13 @@ DROPPED = frozenset(
 )
 """A caller's headers that are never sent: the two the client sets itself, and
 those that change the connection's semantics (framing, keep-alive, a protocol
-switch, ``100-continue``), which h11, told only of a stand-in request (see
-:func:`build_request`), would not know of."""
+switch, ``100-continue``), which the client neither does nor expects in the
+answer (an upgrade or an early ``100`` it would not wait for)."""
 
 _TOKEN = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
-"""A field name: an RFC 9110 §5.6.2 token (h11's ``_abnf.token``)."""
+"""A field name or a method: an RFC 9110 §5.6.2 token (h11's ``_abnf.token``)."""
+_TARGET = re.compile(r"[\x21-\x7e]+")
+"""A request target as h11 checks it (``_abnf.request_target``): visible ASCII."""
 _VALUE = re.compile(r"(?:[^\x00\t\n\v\f\r ]+(?:[ \t]+[^\x00\t\n\v\f\r ]+)*)?")
 """A field value as h11 checks it (``_abnf.field_value``) in ASCII text (h11 encodes
 a ``str`` as ASCII: no obs-text): RFC 9110 §5.5, but h11 lets control characters
@@ -63,58 +64,41 @@ def parse_url(url: str) -> tuple[PoolKey, str, str]:
     return (scheme, host, port), target, authority
 
 
-class RequestHead(NamedTuple):
-    """A request head (:func:`build_request`)."""
-
-    data: bytes
-    """The request line and header lines, blank line included: the body follows."""
-    stand_in: h11.Request
-    """What h11 is told was sent: the method, the target, ``Host``, nothing else."""
-
-
 def build_request(
     method: str, target: str, host: str, headers: Mapping[str, str], body: bytes
-) -> RequestHead:
-    """``method target HTTP/1.1``, ``Host`` first, ``headers`` in their order (but
-    :data:`DROPPED`), then a ``Content-Length`` for a body (or any POST, PUT,
-    PATCH). ``ValueError`` for a header h11 would not send (a line break in a
-    value, a name that is no token, anything not ASCII), naming no value.
+) -> bytes:
+    """The request head: ``method target HTTP/1.1``, ``Host`` first, ``headers`` in
+    their order (but :data:`DROPPED`), then a ``Content-Length`` for a body (or any
+    POST, PUT, PATCH), and the blank line: the body follows. ``ValueError`` for a
+    method, target, host or header h11 would not send (a line break in a value, a
+    name that is no token, anything not ASCII), naming no value.
 
     Why not ``h11.Request``: it checks every header on every request, and h11's
     serializing follows (~36 µs per request in a micro-benchmark, some
     ~135 µs inside mitmdump, all on the time to first byte: issue #8; ours ~9 µs).
     Here each ``name: value`` line is checked and encoded once, as h11 would, and
     cached: the same few pairs come on every request, the ``Authorization`` value
-    changes per account and refresh. The bytes are h11's (tests compare them).
-
-    h11 still keeps the connection's state and parses the answer, so it must be
-    told a request went out: the client sends it :attr:`RequestHead.stand_in`
-    (cached per method, target and host; h11 events are immutable) and an
-    ``EndOfMessage``, and drops what h11 writes for them. h11 thus believes the
-    request had no body, which is harmless: it never sees our bytes, and it needs
-    only the method (a ``HEAD`` answer has no body) and that the request is done.
-    It never hears of our headers either, hence :data:`DROPPED`."""
-    start, stand_in = _start(method, target, host)
-    parts = [start]
+    changes per account and refresh. The bytes are h11's (tests compare them)."""
+    parts = [_start(method, target, host)]
     parts += [_line(name, value) for name, value in headers.items()]
     if body or method in _SIZED:
         parts.append(b"Content-Length: %d\r\n" % len(body))
     parts.append(b"\r\n")
-    return RequestHead(b"".join(parts), stand_in)
+    return b"".join(parts)
 
 
 @functools.lru_cache(maxsize=64)
-def _start(method: str, target: str, host: str) -> tuple[bytes, h11.Request]:
-    """The request line and ``Host`` line, and the stand-in h11 is told of: h11
-    itself checks the method (a token), the target (visible ASCII) and the host."""
-    try:
-        stand_in = h11.Request(method=method, target=target, headers=[("Host", host)])
-    except h11.LocalProtocolError as e:
-        raise ValueError(f"cannot send this request: {quote_free(e)}") from None
-    except UnicodeEncodeError:
-        raise ValueError("cannot send this request: it is not ASCII") from None
-    line = b"%s %s HTTP/1.1\r\nHost: %s\r\n"
-    return line % (stand_in.method, stand_in.target, stand_in.headers[0][1]), stand_in
+def _start(method: str, target: str, host: str) -> bytes:
+    """The request line and ``Host`` line, checked as h11 checks them (its
+    ``Request``; the tests hold our verdict to h11's): the method a token, the
+    target visible ASCII (no spaces), the host a field value, all ASCII."""
+    if not _TOKEN.fullmatch(method):
+        raise ValueError("cannot send this request: the method is not a token")
+    if not _TARGET.fullmatch(target):
+        raise ValueError("cannot send this request: the target is not visible ASCII")
+    if not (host.isascii() and _VALUE.fullmatch(host)):
+        raise ValueError(f"cannot send this request: the Host header {_fault(host)}")
+    return f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n".encode("ascii")
 
 
 @functools.lru_cache(maxsize=256)
@@ -144,8 +128,9 @@ def _fault(value: str) -> str:
 
 
 def quote_free(error: Exception) -> str:
-    """``error``'s message cut before its first quote: h11 quotes the offending
-    line (``illegal header line: b'Authorization: Bearer ...'``)."""
+    """``error``'s message cut before its first quote: h11 quoted the offending
+    line (``illegal header line: b'Authorization: Bearer ...'``), and a parser's
+    message is never passed on unread."""
     text = re.split("['\"]", str(error), maxsplit=1)[0]
     text = re.sub(r"(bytearray\()?b$", "", text).rstrip(" :(")
     return text or type(error).__name__

@@ -1,14 +1,16 @@
-"""A lean HTTP/1.1 client for the relay's upstream requests (h11 over asyncio streams).
+"""A lean HTTP/1.1 client for the relay's upstream requests (llhttp, asyncio streams).
 
 Why not httpx: on the relay's hot path its layers (httpx, httpcore, anyio) cost
 ~1.2 ms per request before and after the upstream's work, and ~30 µs per streamed
 chunk (issue #8). This client does only what the forwarder needs: one request, a
-streamed answer, keep-alive. h11 keeps the connection's state and parses the
-answer (sans-I/O); the request head is ours (:func:`.http11.build_request`: h11's
-per-header checks and serializing were ~135 µs of the time to first byte inside
-mitmdump), h11 being told of a stand-in. The I/O is asyncio streams, the request
-head and body going out in one socket write. What needs no I/O (URLs, the request
-head, content codings) is in :mod:`.http11`.
+streamed answer, keep-alive. The request head is ours (:func:`.http11.build_request`:
+h11's per-header checks and serializing were ~135 µs of the time to first byte
+inside mitmdump); the answer is parsed by llhttp (:mod:`.answer`: h11, told of
+the request and parsing the head and first chunk, was ~170 µs more). The I/O is
+asyncio streams, the request head and body going out in one socket write. What
+needs no I/O (URLs, the request head, content codings, the answer's parsing) is in
+:mod:`.http11` and :mod:`.answer`. ``HEAD`` is refused (:mod:`.answer` tells why):
+the forwarder sends only ``POST``.
 
 Timeouts are per request (the forwarder passes those of the config of the moment):
 connecting (DNS, TCP, TLS) is bounded by ``connect_timeout``, writing the request by
@@ -21,8 +23,9 @@ read per chunk (one lazily moved timer per body, not a timeout context per chunk
 Keep-alive: connections are pooled per (scheme, host, port), the idle ones reused
 newest first, at most :data:`MAX_IDLE_PER_HOST` per host, none idle longer than
 :data:`IDLE_EXPIRY` seconds. A connection goes back to the pool only after its
-answer was read to the end, and only if h11 says both sides can go on (no
-``Connection: close``, no HTTP/1.0 without keep-alive, no error, no stray bytes);
+answer was read to the end, and only if llhttp says it can go on (no
+``Connection: close``, no HTTP/1.0 without keep-alive, no body that ends with the
+connection), no error came, and no stray bytes came after it (:mod:`.answer`);
 anything else closes it. One that receives bytes or an end of file while idle (a
 server closing it, or an unsolicited ``408``) is closed at once.
 
@@ -35,17 +38,18 @@ was not being served. A connection that ends later, or after any byte of an answ
 was serving it: the request is never sent again there (it may have been taken and
 spent quota; the forwarder decides whether another account tries it).
 
-Errors (messages never quote a header value or a body: they may hold tokens; h11's
-own messages, which quote the offending line, are cut before the quote)::
+Errors (messages never quote a header value or a body: they may hold tokens; a
+parser's reason is passed on only as a plain phrase, see :mod:`.answer`)::
 
     UpstreamError                base
      +-- UpstreamConnectError    the request did not get out: DNS, refused, TLS,
      |                           connect timeout, not written in time or at all,
      |                           a header that cannot be sent (a line break,
-     |                           a name that is no token, not ASCII)
+     |                           a name that is no token, not ASCII), HEAD
      +-- UpstreamProtocolError   a malformed answer, one cut mid-body (an end of
      |                           file before the end of a framed body, a reset),
-     |                           no answer at all, an unknown content coding
+     |                           no answer at all, an unknown content or
+     |                           transfer coding, a protocol switch (101)
      +-- UpstreamTimeout         no response head within ``first_byte_timeout``
 
 A late chunk (``gap``) raises the builtin ``TimeoutError``.
@@ -61,17 +65,15 @@ import zlib
 from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Protocol
 
-import h11
 import httpx
 
+from qwen_oauth_mitm.proxy.answer import AnswerParser
 from qwen_oauth_mitm.proxy.http11 import (
     PoolKey,
-    RequestHead,
     build_request,
     content_codings,
     decoder,
     parse_url,
-    quote_free,
 )
 
 log = logging.getLogger(__name__)
@@ -84,9 +86,6 @@ that took the request and died: one round trip, well before a model's first toke
 IDLE_EXPIRY = 30.0
 """Seconds an idle connection is kept; servers drop theirs after 60 s or more."""
 READ_SIZE = 64 * 1024
-MAX_HEAD = 100 * 1024
-"""Bytes of a response head (status line and headers) at most."""
-_END = h11.EndOfMessage()  # immutable: one for every request
 
 
 class UpstreamError(Exception):
@@ -200,11 +199,14 @@ class UpstreamClient:
         URL; a given ``Host``, ``Content-Length`` or header of the connection's,
         such as ``Connection`` or ``Transfer-Encoding``, is dropped: see
         :data:`.http11.DROPPED`); return once the status and headers are in
-        (informational 1xx answers are skipped)."""
+        (informational 1xx answers are skipped). ``HEAD`` is refused: see
+        :mod:`.answer`."""
         if self._closed:
             raise RuntimeError("the upstream client is closed")
         key, target, host_header = parse_url(url)
         try:
+            if method.upper() == "HEAD":
+                raise ValueError("cannot send this request: HEAD is not supported")
             request = build_request(method, target, host_header, headers, body)
         except ValueError as e:
             # A header that cannot be sent (a token with a line break) is no bug
@@ -257,21 +259,19 @@ class UpstreamClient:
             conn.close()
         return None
 
-    def release(self, conn: _Connection) -> None:
-        """Put ``conn`` back in the pool (its answer read to the end)."""
-        h = conn.h11
+    def release(self, conn: _Connection, answer: AnswerParser) -> None:
+        """Put ``conn`` back in the pool (its ``answer`` read to the end)."""
         if (
             self._closed
-            or h.our_state is not h11.DONE
-            or h.their_state is not h11.DONE
+            or not answer.complete
+            or not answer.keep_alive
             or not conn.usable()
-            # Bytes after the answer (with h11 or not yet read): not ours to read.
-            or h.trailing_data[0]
+            # Bytes after the answer (parsed or not yet read): not ours to read.
+            or answer.stray
             or conn.reader.fed != conn.reader.taken
         ):
             conn.close()
             return
-        h.start_next_cycle()
         idle = self._idle.setdefault(conn.key, [])
         if len(idle) >= self._max_idle:
             idle.pop(0).close()  # the oldest
@@ -333,7 +333,7 @@ class UpstreamClient:
     async def _exchange(
         self,
         conn: _Connection,
-        request: RequestHead,
+        request: bytes,
         body: bytes,
         write_timeout: float,
         first_byte_timeout: float,
@@ -343,25 +343,20 @@ class UpstreamClient:
         the answer came, see the module docstring)."""
         try:
             await self._write(conn, request, body, write_timeout)
-            head = await self._read_head(conn, first_byte_timeout)
+            answer = await self._read_head(conn, first_byte_timeout)
         except BaseException:
             conn.close()
             raise
-        return UpstreamResponse(head, conn, self)
+        return UpstreamResponse(answer, conn, self)
 
     async def _write(
-        self, conn: _Connection, request: RequestHead, body: bytes, timeout: float
+        self, conn: _Connection, request: bytes, body: bytes, timeout: float
     ) -> None:
-        # h11 is told of the stand-in (no headers, no body) so that it expects
-        # the answer; what it writes for it is not sent (see build_request).
-        h = conn.h11
-        h.send(request.stand_in)
-        h.send(_END)
         writer = conn.writer
         # One write, head and body: one syscall, one TCP segment for a small
         # request. (writelines would spare the copy, but asyncio's, 3.13, never
         # pauses the protocol, so drain() would not wait for a large body.)
-        writer.write(request.data + body)
+        writer.write(request + body)
         if not writer.transport.get_write_buffer_size():
             return  # all of it is with the kernel (the usual case)
         try:
@@ -374,44 +369,43 @@ class UpstreamClient:
         except OSError:
             raise _Stale(writing=True) from None
 
-    async def _read_head(self, conn: _Connection, timeout: float) -> h11.Response:
-        h, reader = conn.h11, conn.reader
+    async def _read_head(self, conn: _Connection, timeout: float) -> AnswerParser:
+        """The answer, its head parsed (and what of its body came with it)."""
+        answer = AnswerParser()
+        reader, size = conn.reader, self.read_size
         received = False
         loop = asyncio.get_running_loop()
         began = loop.time()
         try:
             async with asyncio.timeout(timeout):
-                while True:
-                    event = h.next_event()
-                    if event is h11.NEED_DATA:
-                        try:
-                            data = await reader.read(self.read_size)
-                            reader.taken += len(data)
-                        except OSError as e:
-                            if not received:
-                                after = loop.time() - began
-                                raise _Stale(writing=False, after=after) from None
-                            raise _lost(conn, e) from None
-                        if not data and not received:
-                            raise _Stale(writing=False, after=loop.time() - began)
+                while not answer.head_complete:
+                    try:
+                        data = await reader.read(size)
+                        reader.taken += len(data)
+                    except OSError as e:
+                        if not received:
+                            after = loop.time() - began
+                            raise _Stale(writing=False, after=after) from None
+                        raise _lost(conn, e) from None
+                    if data:
                         received = True
-                        h.receive_data(data)
-                    elif isinstance(event, h11.Response):
-                        return event
-                    elif not isinstance(event, h11.InformationalResponse):
-                        raise UpstreamProtocolError(
-                            f"unexpected {type(event).__name__} before the answer"
-                        )
+                        answer.feed(data)
+                    elif received:
+                        answer.eof()  # raises: the head is not complete
+                    else:
+                        raise _Stale(writing=False, after=loop.time() - began)
         except TimeoutError:
             raise UpstreamTimeout(timeout) from None
-        except h11.RemoteProtocolError as e:
+        except ValueError as e:
             raise _malformed(conn, e) from None
+        return answer
 
 
 class UpstreamResponse:
     """An answer whose status and headers are in (see :class:`UpstreamAnswer`)."""
 
     __slots__ = (
+        "_answer",
         "_client",
         "_closed",
         "_complete",
@@ -422,10 +416,11 @@ class UpstreamResponse:
     )
 
     def __init__(
-        self, head: h11.Response, conn: _Connection, client: UpstreamClient
+        self, answer: AnswerParser, conn: _Connection, client: UpstreamClient
     ) -> None:
-        self.status_code: int = head.status_code
-        self.headers = httpx.Headers(head.headers.raw_items())
+        self.status_code: int = answer.status_code
+        self.headers = httpx.Headers(answer.fields)
+        self._answer = answer
         self._conn = conn
         self._client = client
         self._started = False
@@ -438,31 +433,30 @@ class UpstreamResponse:
         if self._started:
             raise RuntimeError("the body can be read once")
         self._started = True
-        conn = self._conn
-        h, reader, size = conn.h11, conn.reader, self._client.read_size
+        conn, answer = self._conn, self._answer
+        reader, size = conn.reader, self._client.read_size
         timer = _GapTimer(reader, gap) if gap is not None else None
         try:
             while True:
                 if timer is not None:
                     timer.ask()
-                event = h.next_event()
-                while event is h11.NEED_DATA:
+                while not (answer.body or answer.complete):
+                    answer.check()
                     data = await reader.read(size)
                     reader.taken += len(data)
-                    h.receive_data(data)
-                    event = h.next_event()
+                    if data:
+                        answer.feed(data)
+                    else:
+                        answer.eof()
                 if timer is not None:
                     timer.asked = None
-                if type(event) is h11.Data:
-                    yield bytes(event.data)
-                elif type(event) is h11.EndOfMessage:
+                if not answer.body:  # complete, and every piece handed out
                     self._complete = True
                     break
-                else:
-                    raise UpstreamProtocolError(
-                        f"unexpected {type(event).__name__} in the body"
-                    )
-        except h11.RemoteProtocolError as e:
+                pieces, answer.body = answer.body, []
+                for piece in pieces:
+                    yield piece
+        except ValueError as e:
             raise _malformed(conn, e) from None
         except TimeoutError:
             raise  # the gap (an OSError, but no connection error)
@@ -514,7 +508,7 @@ class UpstreamResponse:
             return
         self._closed = True
         if self._complete:
-            self._client.release(self._conn)
+            self._client.release(self._conn, self._answer)
         else:
             self._conn.close()  # the rest of the body would be misread as an answer
 
@@ -574,7 +568,7 @@ class _Reader(asyncio.StreamReader):
 
 
 class _Connection:
-    __slots__ = ("h11", "idle_since", "key", "reader", "writer")
+    __slots__ = ("idle_since", "key", "reader", "writer")
 
     def __init__(
         self, key: PoolKey, reader: _Reader, writer: asyncio.StreamWriter
@@ -582,7 +576,6 @@ class _Connection:
         self.key = key
         self.reader = reader
         self.writer = writer
-        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
         self.idle_since = 0.0
 
     def usable(self) -> bool:
@@ -649,10 +642,9 @@ def _where(key: PoolKey) -> str:
     return f"{key[1]}:{key[2]}"
 
 
-def _malformed(conn: _Connection, error: h11.RemoteProtocolError) -> UpstreamError:
-    return UpstreamProtocolError(
-        f"malformed answer from {_where(conn.key)}: {quote_free(error)}"
-    )
+def _malformed(conn: _Connection, error: ValueError) -> UpstreamError:
+    """An answer :class:`.AnswerParser` refused (its messages quote nothing)."""
+    return UpstreamProtocolError(f"malformed answer from {_where(conn.key)}: {error}")
 
 
 def _lost(conn: _Connection, error: OSError) -> UpstreamError:
