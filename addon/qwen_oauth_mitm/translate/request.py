@@ -139,11 +139,13 @@ def translate_request(
 
 
 def _reject_unsupported(body: dict[str, Any]) -> None:
-    for key in body:
-        if key not in _TRANSLATED and key not in _ECHO_ONLY:
+    # The body's keys, not every known one: a request names a few of the many.
+    for key, value in body.items():
+        kind = _ECHO_ONLY.get(key)
+        if kind is not None:
+            opt_of(value, key, kind)
+        elif key not in _TRANSLATED:
             fail(f"Unknown parameter: '{key}'.", key, "unknown_parameter")
-    for key, kind in _ECHO_ONLY.items():
-        opt_of(body.get(key), key, kind)
     for key in _STATEFUL:
         if body.get(key) is not None:
             unsupported(
