@@ -68,6 +68,24 @@ def test_informational_answers_are_skipped(informational: bytes) -> None:
     assert (answer.complete, body(answer), answer.stray) == (True, b"hi", False)
 
 
+def test_an_informational_answer_with_a_body_is_refused() -> None:
+    # llhttp reads a framed body on a 1xx other than 100, 102, 103: it must not
+    # pass for the answer's own (h11 refused such an answer too).
+    for framing in (
+        b"Content-Length: 7\r\n\r\nINJECT!",
+        b"Transfer-Encoding: chunked\r\n\r\n7\r\nINJECT!\r\n0\r\n\r\n",
+    ):
+        with pytest.raises(ValueError, match=r"^an informational answer has a body$"):
+            parsed(b"HTTP/1.1 150 Odd\r\n" + framing + OK)
+
+
+def test_both_framings_at_once_are_refused_in_plain_words() -> None:
+    wire = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n"
+    said = r"^Content-Length can't be present with Transfer-Encoding$"
+    with pytest.raises(ValueError, match=said):
+        parsed(wire + b"\r\n")
+
+
 @pytest.mark.parametrize(
     "wire",
     [
@@ -212,7 +230,7 @@ def test_a_malformed_body_is_held_back_until_its_good_pieces_are_taken() -> None
     wire = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\nzz\r\n"
     answer = parsed(wire)  # the head is whole: the answer was answered
     assert (answer.head_complete, answer.body) == (True, [b"ab"])
-    with pytest.raises(ValueError, match="invalid character in chunk size"):
+    with pytest.raises(ValueError, match="Invalid character in chunk size"):
         answer.check()
 
 
@@ -249,8 +267,12 @@ def test_no_message_quotes_the_answer(wire: str) -> None:
 @pytest.mark.parametrize(
     ("error", "said"),
     [
-        (httptools.HttpParserError("Invalid header token"), "invalid header token"),
-        (httptools.HttpParserError(f"Bad value '{TOKEN}'"), "bad value"),
+        (httptools.HttpParserError("Invalid header token"), "Invalid header token"),
+        (httptools.HttpParserError(f"Bad value '{TOKEN}'"), "Bad value"),
+        (httptools.HttpParserError(f"Bad value '{TOKEN}"), "Bad value"),
+        (httptools.HttpParserError("TE can't be present with CL"),
+         "TE can't be present with CL"),  # an apostrophe inside a word: no quote
+        (httptools.HttpParserError(f"Bad value can'{TOKEN}'"), "Bad value can"),
         (httptools.HttpParserError(f"Bad value {TOKEN}\x00"), "llhttp refused it"),
         (httptools.HttpParserError("x" * 200), "llhttp refused it"),
         (httptools.HttpParserError(), "llhttp refused it"),

@@ -10,7 +10,9 @@ Why llhttp, not h11: h11 took ~20 µs to parse a head and a first chunk, llhttp
 What llhttp does and this module adds or refuses (each checked by a test):
 
 - informational answers (1xx) are complete messages to llhttp: they are dropped
-  and the next message is the answer; ``101`` (a protocol switch) is refused;
+  and the next message is the answer; ``101`` (a protocol switch) is refused, and
+  so is one with a body (llhttp reads a body framed on a 1xx other than 100, 102,
+  103: it would pass for the answer's own);
 - framing (RFC 9112 §6.3): ``Content-Length``, chunked, or (neither) the body
   ends with the connection, which only :meth:`~AnswerParser.eof` can tell (llhttp
   has no way to be told of an end of file through httptools); ``204`` and ``304``
@@ -42,7 +44,7 @@ from qwen_oauth_mitm.proxy.http11 import quote_free
 MAX_HEAD = 100 * 1024
 """Bytes before the head is complete (informational answers included), at most."""
 _BODILESS = frozenset({204, 304})  # RFC 9110 §6.4.1
-_PLAIN = re.compile(r"[A-Za-z][A-Za-z0-9 ,/`:()-]{0,79}")
+_PLAIN = re.compile(r"[A-Za-z](?:[A-Za-z0-9 ,/`:()-]|(?<=[a-z])'(?=[a-z])){0,79}")
 """What an llhttp reason passed on looks like: a line of plain words."""
 
 
@@ -177,7 +179,9 @@ class AnswerParser:
         self._until_eof = not sized and status not in _BODILESS
 
     def on_body(self, body: bytes) -> None:
-        if not self.complete:  # else a stray message's
+        if self._informational:  # never the answer's: refused (see the module note)
+            self._refusal = self._refusal or "an informational answer has a body"
+        elif not self.complete:  # else a stray message's
             self.body.append(body)
 
     def on_message_complete(self) -> None:
@@ -191,9 +195,11 @@ class AnswerParser:
 def reason(error: Exception) -> str:
     """llhttp's reason for ``error``, if it reads as a plain phrase once cut;
     else a reason of ours (see the module docstring)."""
-    text = quote_free(error)
     if isinstance(error, httptools.HttpParserCallbackError):
         return "the parser failed"  # one of our callbacks: a bug, not the answer's
+    text = str(error)  # an apostrophe inside a word ("can't") is no quote
+    if not _PLAIN.fullmatch(text):
+        text = quote_free(error)
     if _PLAIN.fullmatch(text) and text != type(error).__name__:
-        return text[0].lower() + text[1:]
+        return text
     return "llhttp refused it"

@@ -267,7 +267,9 @@ class Forwarder:
         started = time.monotonic()
         t = cfg.timeouts
         if job.translator is None and job.translated is not None and job.stream:
-            # Runs once this task waits for the answer: the request is out by then.
+            # Runs when this task first waits: for the answer on a kept-alive
+            # connection (the request is out by then), on a new one while it
+            # connects. Either way the loop would only be waiting.
             asyncio.get_running_loop().call_soon(self._prepare_translator, job)
         try:
             response = await self.http.send(
