@@ -26,6 +26,11 @@ What llhttp does and this module adds or refuses (each checked by a test):
   refuses) make :attr:`~AnswerParser.stray` true, not an error: the answer is
   whole, only its connection is done for. llhttp skips blank lines between
   messages without a word, so a CRLF after an answer goes unnoticed;
+- llhttp is strict where h11 let some things by: an answer with both
+  ``Transfer-Encoding`` and ``Content-Length``, a repeated or listed
+  ``Content-Length`` (``3, 3``), bare LF line ends, folded header lines, or
+  control characters in a header value is refused (the forwarder makes it a 502
+  and tries one other account). No server we talk to sends any of them;
 - at most :data:`MAX_HEAD` bytes come before the head is complete;
 - errors are ``ValueError``: messages of ours, or llhttp's reason (a short fixed
   text that quotes nothing) only if it still reads as such once cut as
