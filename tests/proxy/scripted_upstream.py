@@ -1,4 +1,4 @@
-"""An :class:`~qwen_oauth_mitm.proxy.upstream.Upstream` scripted with httpx handlers.
+"""An :class:`~qwen_oauth_mitm.proxy.upstream_api.Upstream` of httpx handlers.
 
 The forwarder's tests script upstream answers as ``httpx.MockTransport`` handlers
 (``httpx.Response``, bodies that stall or raise). This adapter serves them through
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from qwen_oauth_mitm.proxy.upstream import (
+from qwen_oauth_mitm.proxy.upstream_api import (
     UpstreamConnectError,
     UpstreamError,
     UpstreamProtocolError,

@@ -64,7 +64,7 @@ from qwen_oauth_mitm.proxy.opening import (
 )
 from qwen_oauth_mitm.proxy.outbox import AnswerWriter
 from qwen_oauth_mitm.proxy.scope import DisallowedHost, api_base
-from qwen_oauth_mitm.proxy.upstream import (
+from qwen_oauth_mitm.proxy.upstream_api import (
     Upstream,
     UpstreamAnswer,
     UpstreamError,

@@ -62,12 +62,12 @@ import functools
 import logging
 import ssl
 import zlib
-from collections.abc import AsyncGenerator, Callable, Mapping
-from typing import Protocol
+from collections.abc import AsyncGenerator, Mapping
 
 import httpx
 
 from qwen_oauth_mitm.proxy.answer import AnswerParser
+from qwen_oauth_mitm.proxy.connection import Connection, GapTimer, Reader, where
 from qwen_oauth_mitm.proxy.http11 import (
     PoolKey,
     build_request,
@@ -75,6 +75,26 @@ from qwen_oauth_mitm.proxy.http11 import (
     decoder,
     parse_url,
 )
+from qwen_oauth_mitm.proxy.upstream_api import (
+    Upstream,
+    UpstreamAnswer,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+)
+
+__all__ = [
+    "STALE_WINDOW",
+    "Upstream",
+    "UpstreamAnswer",
+    "UpstreamClient",
+    "UpstreamConnectError",
+    "UpstreamError",
+    "UpstreamProtocolError",
+    "UpstreamResponse",
+    "UpstreamTimeout",
+]
 
 log = logging.getLogger(__name__)
 
@@ -86,76 +106,6 @@ that took the request and died: one round trip, well before a model's first toke
 IDLE_EXPIRY = 30.0
 """Seconds an idle connection is kept; servers drop theirs after 60 s or more."""
 READ_SIZE = 64 * 1024
-
-
-class UpstreamError(Exception):
-    """The upstream exchange failed; the message names no header value."""
-
-
-class UpstreamConnectError(UpstreamError):
-    """The request did not get out: no connection, or it could not be written."""
-
-
-class UpstreamProtocolError(UpstreamError):
-    """The answer was malformed, cut, or never came."""
-
-
-class UpstreamTimeout(UpstreamError):
-    """The upstream sent no response head within ``first_byte_timeout``."""
-
-    def __init__(self, seconds: float) -> None:
-        super().__init__(f"no answer within {seconds:g} s")
-        self.seconds = seconds
-
-
-class UpstreamAnswer(Protocol):
-    """A response whose status and headers are in; its body is still to read."""
-
-    @property
-    def status_code(self) -> int: ...
-
-    @property
-    def headers(self) -> httpx.Headers: ...
-
-    def aiter_raw(self, *, gap: float | None = None) -> AsyncGenerator[bytes]:
-        """The body without its transfer framing (chunked), still content-coded;
-        ``TimeoutError`` if a chunk comes ``gap`` seconds after it was asked for."""
-        ...
-
-    def aiter_bytes(self, *, gap: float | None = None) -> AsyncGenerator[bytes]:
-        """:meth:`aiter_raw`, content-decoded (gzip, deflate, identity)."""
-        ...
-
-    async def aread(self, *, gap: float | None = None) -> bytes:
-        """The whole decoded body."""
-        ...
-
-    async def aclose(self) -> None:
-        """Done with the answer (idempotent); a body not read to its end is
-        dropped with its connection."""
-        ...
-
-
-class Upstream(Protocol):
-    """What the forwarder needs of an HTTP client (tests script their own)."""
-
-    async def send(
-        self,
-        method: str,
-        url: str,
-        headers: Mapping[str, str],
-        body: bytes,
-        *,
-        connect_timeout: float,
-        write_timeout: float,
-        first_byte_timeout: float,
-    ) -> UpstreamAnswer:
-        """Send the request; return once the status and headers are in."""
-        ...
-
-    async def aclose(self) -> None:
-        """Close every idle connection."""
-        ...
 
 
 class UpstreamClient:
@@ -179,7 +129,7 @@ class UpstreamClient:
         self._max_idle = max_idle_per_host
         self._expiry = idle_expiry
         self.read_size = read_size
-        self._idle: dict[PoolKey, list[_Connection]] = {}
+        self._idle: dict[PoolKey, list[Connection]] = {}
         self._closed = False
         self.connections_made = 0
         """New connections so far (for tests and the curious)."""
@@ -220,7 +170,7 @@ class UpstreamClient:
             except _Stale as e:
                 if not (e.writing or e.after <= STALE_WINDOW):
                     raise _unanswered(key, e) from None
-                log.debug("upstream %s: stale kept-alive connection", _where(key))
+                log.debug("upstream %s: stale kept-alive connection", where(key))
         conn = await self._connect(key, connect_timeout)
         try:
             return await self._exchange(conn, request, body, *timeouts)
@@ -241,7 +191,7 @@ class UpstreamClient:
 
     # --- the pool ---------------------------------------------------------------
 
-    def _take(self, key: PoolKey) -> _Connection | None:
+    def _take(self, key: PoolKey) -> Connection | None:
         """The newest idle connection to ``key`` that is still usable."""
         idle = self._idle.get(key)
         now = asyncio.get_running_loop().time()
@@ -259,7 +209,7 @@ class UpstreamClient:
             conn.close()
         return None
 
-    def release(self, conn: _Connection, answer: AnswerParser) -> None:
+    def release(self, conn: Connection, answer: AnswerParser) -> None:
         """Put ``conn`` back in the pool (its ``answer`` read to the end)."""
         if (
             self._closed
@@ -279,7 +229,7 @@ class UpstreamClient:
         conn.reader.on_idle_event = functools.partial(self._evict, conn)
         idle.append(conn)
 
-    def _evict(self, conn: _Connection) -> None:
+    def _evict(self, conn: Connection) -> None:
         """Bytes or an end of file on an idle connection: it is done for."""
         idle = self._idle.get(conn.key)
         if idle is not None and conn in idle:
@@ -288,13 +238,13 @@ class UpstreamClient:
 
     # --- one exchange -----------------------------------------------------------
 
-    async def _connect(self, key: PoolKey, timeout: float) -> _Connection:
+    async def _connect(self, key: PoolKey, timeout: float) -> Connection:
         scheme, host, port = key
         loop = asyncio.get_running_loop()
         tls = self._tls() if scheme == "https" else None
         # What asyncio.open_connection does, with a reader of our own: it tells
         # the pool of bytes or an end of file while the connection is idle.
-        reader = _Reader(limit=READ_SIZE, loop=loop)
+        reader = Reader(limit=READ_SIZE, loop=loop)
         protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
         try:
             async with asyncio.timeout(timeout):
@@ -307,11 +257,11 @@ class UpstreamClient:
                 )
         except TimeoutError:
             raise UpstreamConnectError(
-                f"no connection to {_where(key)} within {timeout:g} s"
+                f"no connection to {where(key)} within {timeout:g} s"
             ) from None
         except OSError as e:  # DNS, refused, unreachable, TLS (ssl.SSLError)
             raise UpstreamConnectError(
-                f"cannot connect to {_where(key)}: {e or type(e).__name__}"
+                f"cannot connect to {where(key)}: {e or type(e).__name__}"
             ) from None
         # No write buffering past the kernel's: drain() returns once the whole
         # request is out, so write_timeout bounds exactly the writing. Over TLS
@@ -321,7 +271,7 @@ class UpstreamClient:
         transport.set_write_buffer_limits(high=0)
         writer = asyncio.StreamWriter(transport, protocol, reader, loop)
         self.connections_made += 1
-        return _Connection(key, reader, writer)
+        return Connection(key, reader, writer)
 
     def _tls(self) -> ssl.SSLContext:
         if self._ssl is None:
@@ -332,7 +282,7 @@ class UpstreamClient:
 
     async def _exchange(
         self,
-        conn: _Connection,
+        conn: Connection,
         request: bytes,
         body: bytes,
         write_timeout: float,
@@ -350,7 +300,7 @@ class UpstreamClient:
         return UpstreamResponse(answer, conn, self)
 
     async def _write(
-        self, conn: _Connection, request: bytes, body: bytes, timeout: float
+        self, conn: Connection, request: bytes, body: bytes, timeout: float
     ) -> None:
         writer = conn.writer
         # One write, head and body: one syscall, one TCP segment for a small
@@ -364,12 +314,12 @@ class UpstreamClient:
                 await writer.drain()
         except TimeoutError:
             raise UpstreamConnectError(
-                f"{_where(conn.key)} did not take the request within {timeout:g} s"
+                f"{where(conn.key)} did not take the request within {timeout:g} s"
             ) from None
         except OSError:
             raise _Stale(writing=True) from None
 
-    async def _read_head(self, conn: _Connection, timeout: float) -> AnswerParser:
+    async def _read_head(self, conn: Connection, timeout: float) -> AnswerParser:
         """The answer, its head parsed (and what of its body came with it)."""
         answer = AnswerParser()
         reader, size = conn.reader, self.read_size
@@ -416,7 +366,7 @@ class UpstreamResponse:
     )
 
     def __init__(
-        self, answer: AnswerParser, conn: _Connection, client: UpstreamClient
+        self, answer: AnswerParser, conn: Connection, client: UpstreamClient
     ) -> None:
         self.status_code: int = answer.status_code
         self.headers = httpx.Headers(answer.fields)
@@ -435,7 +385,7 @@ class UpstreamResponse:
         self._started = True
         conn, answer = self._conn, self._answer
         reader, size = conn.reader, self._client.read_size
-        timer = _GapTimer(reader, gap) if gap is not None else None
+        timer = GapTimer(reader, gap) if gap is not None else None
         try:
             while True:
                 if timer is not None:
@@ -529,125 +479,20 @@ class _Stale(Exception):
 
 def _unanswered(key: PoolKey, stale: _Stale) -> UpstreamError:
     """What a connection that failed before a byte of the answer is to the caller."""
-    where = _where(key)
+    place = where(key)
     if stale.writing:
         return UpstreamConnectError(
-            f"{where} closed the connection as the request was sent"
+            f"{place} closed the connection as the request was sent"
         )
-    return UpstreamProtocolError(f"{where} closed the connection without answering")
+    return UpstreamProtocolError(f"{place} closed the connection without answering")
 
 
-class _Reader(asyncio.StreamReader):
-    """A stream reader that calls :attr:`on_idle_event` (set while its connection
-    is idle in the pool) when bytes, an end of file or an error arrive, and counts
-    the bytes in (:attr:`fed`) so the client, counting those it read
-    (:attr:`taken`), knows if any are left over."""
-
-    on_idle_event: Callable[[], None] | None = None
-    fed = 0
-    taken = 0
-
-    def feed_data(self, data: bytes) -> None:  # type: ignore[override]
-        self.fed += len(data)
-        super().feed_data(data)
-        self._idle_event()
-
-    def feed_eof(self) -> None:
-        super().feed_eof()
-        self._idle_event()
-
-    def set_exception(self, exc: Exception) -> None:
-        super().set_exception(exc)
-        self._idle_event()
-
-    def _idle_event(self) -> None:
-        hook = self.on_idle_event
-        if hook is not None:
-            self.on_idle_event = None
-            hook()
-
-
-class _Connection:
-    __slots__ = ("idle_since", "key", "reader", "writer")
-
-    def __init__(
-        self, key: PoolKey, reader: _Reader, writer: asyncio.StreamWriter
-    ) -> None:
-        self.key = key
-        self.reader = reader
-        self.writer = writer
-        self.idle_since = 0.0
-
-    def usable(self) -> bool:
-        """Not closed by either side, as far as we have heard."""
-        reader = self.reader
-        return not (
-            self.writer.is_closing()
-            or reader.at_eof()
-            or reader.exception() is not None
-        )
-
-    def close(self) -> None:
-        self.reader.on_idle_event = None
-        self.writer.close()
-
-
-class _GapTimer:
-    """Bounds each wait for a chunk to ``gap`` seconds with one timer per body.
-
-    :meth:`ask` (a chunk is wanted) only notes the time; the timer, when it fires,
-    looks at the wait under way: over ``gap``, the reader is given a
-    ``TimeoutError`` (raised from the read that waits; the connection is then
-    closed); otherwise it is set again for that wait's deadline (none while the
-    consumer holds a chunk: the next ask sets one). It always fires at or before
-    the deadline of the wait under way, so a stream that keeps flowing costs one
-    timer event per ``gap`` seconds, not a timer per chunk.
-    """
-
-    __slots__ = ("_gap", "_handle", "_loop", "_reader", "asked")
-
-    def __init__(self, reader: asyncio.StreamReader, gap: float) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._reader = reader
-        self._gap = gap
-        self._handle: asyncio.TimerHandle | None = None
-        self.asked: float | None = None
-        """When the chunk under way was asked for; None while none is."""
-
-    def ask(self) -> None:
-        now = self._loop.time()
-        self.asked = now
-        if self._handle is None:
-            self._handle = self._loop.call_at(now + self._gap, self._fire)
-
-    def _fire(self) -> None:
-        now = self._loop.time()
-        asked = self.asked
-        if asked is None:  # the consumer holds a chunk: the next ask sets a timer
-            self._handle = None
-        elif now >= asked + self._gap:
-            self._handle = None
-            self._reader.set_exception(TimeoutError(f"no data for {self._gap:g} s"))
-        else:
-            self._handle = self._loop.call_at(asked + self._gap, self._fire)
-
-    def cancel(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-
-
-def _where(key: PoolKey) -> str:
-    """``host:port`` of a pool key, for messages (never a path or a header)."""
-    return f"{key[1]}:{key[2]}"
-
-
-def _malformed(conn: _Connection, error: ValueError) -> UpstreamError:
+def _malformed(conn: Connection, error: ValueError) -> UpstreamError:
     """An answer :class:`.AnswerParser` refused (its messages quote nothing)."""
-    return UpstreamProtocolError(f"malformed answer from {_where(conn.key)}: {error}")
+    return UpstreamProtocolError(f"malformed answer from {where(conn.key)}: {error}")
 
 
-def _lost(conn: _Connection, error: OSError) -> UpstreamError:
+def _lost(conn: Connection, error: OSError) -> UpstreamError:
     return UpstreamProtocolError(
-        f"connection to {_where(conn.key)} lost: {type(error).__name__}"
+        f"connection to {where(conn.key)} lost: {type(error).__name__}"
     )
