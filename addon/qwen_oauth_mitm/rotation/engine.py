@@ -178,7 +178,7 @@ class Rotation:
                 "tokens": h.bucket_level(tokens - taken, bcfg),
                 "tokens_at": now,
                 "last_used": now,
-                "today": _count_request(track.today, day),
+                "today": _count_request(track, day),
             }
         )
         self._cursor, self._cursor_failed = account.id, False
@@ -372,14 +372,13 @@ def _counters(track: AccountTrack, day: str) -> DayCounters:
     return today if today is not None and today.day == day else DayCounters(day=day)
 
 
-def _count_request(today: DayCounters | None, day: str) -> DayCounters:
-    """``today`` with one more request, or the first request of a new ``day``."""
-    if today is None or today.day != day:
-        return DayCounters(day=day, requests=1)
+def _count_request(track: AccountTrack, day: str) -> DayCounters:
+    """:func:`_counters` with one more request."""
+    counters = _counters(track, day)
     # Built, not model_copy'd: for three plain fields pydantic-core's validation
     # is faster than model_copy's Python-level copy of __dict__ and fields set.
     return DayCounters(
-        day=day, requests=today.requests + 1, rate_limits=today.rate_limits
+        day=day, requests=counters.requests + 1, rate_limits=counters.rate_limits
     )
 
 
