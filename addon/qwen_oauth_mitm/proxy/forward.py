@@ -493,10 +493,7 @@ class Forwarder:
         headers = [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache")]
         job.status = 200
         await out.start(200, headers, chunked=True)
-        translator = job.translator
-        if translator is None and job.translated is not None:
-            translator = StreamTranslator(job.translated, now=self.clock())
-            job.translator = translator  # a late _prepare_translator: nothing to do
+        translator = self._translator(job)
         gap = self.config.timeouts.between_chunks_seconds
         try:
             await out.write(
@@ -521,18 +518,21 @@ class Forwarder:
                 job.upstream_cut = True  # garbage or an error mid-way: no success
         await out.end()
 
+    def _translator(self, job: Job) -> StreamTranslator | None:
+        """The job's translator, made at its first use (None for a chat job)."""
+        if job.translator is None and job.translated is not None:
+            job.translator = StreamTranslator(job.translated, now=self.clock())
+        return job.translator
+
     def _prepare_translator(self, job: Job) -> None:
-        """Make the job's translator and render its opening events, while the
-        upstream thinks (see :meth:`StreamTranslator.prepare`)."""
-        if job.translator is not None or job.translated is None:
-            return
+        """Render the job's opening events while the upstream thinks (see
+        :meth:`StreamTranslator.prepare`); a no-op once the stream started."""
         try:
-            translator = StreamTranslator(job.translated, now=self.clock())
-            translator.prepare()
-        except Exception:  # a loop callback: the stream makes its own then
+            translator = self._translator(job)
+            if translator is not None:
+                translator.prepare()
+        except Exception:  # a loop callback: the stream renders them itself then
             log.exception("flow %s: cannot prepare the translator", job.flow_id)
-            return
-        job.translator = translator
 
     async def _whole(
         self,

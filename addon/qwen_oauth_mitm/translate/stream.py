@@ -123,13 +123,9 @@ class StreamTranslator:
         if self._started or self._opening is not None:
             return
         try:
-            response = self._response("in_progress")
-            self._opening = [
-                self._response_event(kind, response, seq)
-                for seq, kind in enumerate(_OPENING)
-            ]
+            self._opening = self._render_opening()
         except Exception:  # see the module docstring: never crash the flow
-            self._opening = None
+            self._opening = None  # _start renders them (and reports a failure)
 
     def feed(self, chunk: bytes) -> list[bytes]:
         """Translate the next upstream bytes; returns the events they completed."""
@@ -284,13 +280,10 @@ class StreamTranslator:
         if self._started:
             return
         self._started = True
-        if self._opening is not None and self._seq == 0:
-            self._out += self._opening  # rendered by prepare(): the same bytes
-            self._seq = len(self._opening)
-            return
-        response = self._response("in_progress")
-        for kind in _OPENING:
-            self._emit_response(kind, response)
+        # The first events of all (every emit comes after this): sequence 0, 1.
+        opening = self._opening or self._render_opening()
+        self._out += opening
+        self._seq = len(opening)
 
     def _close_text(self) -> None:
         if self._text is not None:
@@ -350,6 +343,13 @@ class StreamTranslator:
             error=error,
             incomplete_reason=incomplete_reason,
         )
+
+    def _render_opening(self) -> list[bytes]:
+        response = self._response("in_progress")
+        return [
+            self._response_event(kind, response, seq)
+            for seq, kind in enumerate(_OPENING)
+        ]
 
     def _emit_response(self, kind: str, response: str) -> None:
         self._out.append(self._response_event(kind, response, self._seq))
