@@ -96,8 +96,7 @@ def _start(method: str, target: str, host: str) -> bytes:
         raise ValueError("cannot send this request: the method is not a token")
     if not _TARGET.fullmatch(target):
         raise ValueError("cannot send this request: the target is not visible ASCII")
-    if not (host.isascii() and _VALUE.fullmatch(host)):
-        raise ValueError(f"cannot send this request: the Host header {_fault(host)}")
+    _check_value("Host", host)
     return f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n".encode("ascii")
 
 
@@ -109,9 +108,15 @@ def _line(name: str, value: str) -> bytes:
         return b""
     if not _TOKEN.fullmatch(name):  # not named: it may be a misplaced value
         raise ValueError("cannot send this request: a header name is not a token")
+    _check_value(name, value)
+    return f"{name}: {value}\r\n".encode("ascii")
+
+
+def _check_value(name: str, value: str) -> None:
+    """``ValueError`` naming the header, not quoting the value, unless ``value``
+    is one h11 would send (:data:`_VALUE`, ASCII)."""
     if not (value.isascii() and _VALUE.fullmatch(value)):
         raise ValueError(f"cannot send this request: the {name} header {_fault(value)}")
-    return f"{name}: {value}\r\n".encode("ascii")
 
 
 def _fault(value: str) -> str:
