@@ -564,11 +564,11 @@ async def test_a_caller_that_stops_waiting_leaves_the_refresh_to_finish_and_save
     mgr = manager(store, client)
     with pytest.raises(RefreshFailed, match="goes on in the background"):
         await mgr.access_token(acct.id, wait=0.05)
-    deadline = time.monotonic() + 5
-    while secret(store.read().accounts[0], "refresh_token") == old_refresh:
-        assert time.monotonic() < deadline, "the refresh was not saved"
-        await asyncio.sleep(0.05)
+    # Until the refresh has ended, not just saved: a forced refresh arriving
+    # before its end would join it rather than make the second HTTP refresh.
+    assert await mgr.settle(5)
     on_disk = store.read().accounts[0]
+    assert secret(on_disk, "refresh_token") != old_refresh, "the refresh was not saved"
     assert fake.counts["refresh"] == 1
     assert fake.is_valid_access_token(secret(on_disk, "access_token"))
     assert await mgr.access_token(acct.id, wait=0.05) == secret(on_disk, "access_token")
@@ -580,6 +580,59 @@ async def test_a_caller_that_stops_waiting_leaves_the_refresh_to_finish_and_save
         old_refresh,
         secret(on_disk, "refresh_token"),
     ]
+
+
+async def test_a_forced_refresh_joins_the_refresh_in_flight(
+    store: Store, fake: FakeQwenOAuth, client: OAuthClient
+) -> None:
+    """``refresh`` while a refresh runs: one HTTP refresh serves both, and both
+    get its new token (a second refresh back to back would buy nothing)."""
+    fake.refresh_delay = 0.2
+    (acct,) = seed(store, fake, ("a", -10))
+    mgr = manager(store, client)
+    plain = asyncio.ensure_future(mgr.access_token(acct.id))
+    await asyncio.sleep(0.05)  # the plain caller's refresh is under way
+    forced = await mgr.refresh(acct.id)
+    assert fake.counts["refresh"] == 1
+    assert await plain == secret(forced, "access_token")
+    assert fake.is_valid_access_token(secret(forced, "access_token"))
+
+
+async def test_settle_waits_for_the_refreshes_in_flight(
+    store: Store, fake: FakeQwenOAuth, client: OAuthClient
+) -> None:
+    fake.refresh_delay = 0.3
+    accounts = seed(store, fake, ("a", -10), ("b", -10))
+    mgr = manager(store, client)
+    assert await mgr.settle(0)  # nothing in flight
+    for acct in accounts:
+        with pytest.raises(RefreshFailed):
+            await mgr.access_token(acct.id, wait=0.01)
+    assert await mgr.settle(5)
+    assert fake.counts["refresh"] == 2
+    for saved in store.read().accounts:
+        assert fake.is_valid_access_token(secret(saved, "access_token"))
+
+
+async def test_settle_gives_up_after_its_timeout_and_leaves_the_refresh_running(
+    store: Store,
+    fake: FakeQwenOAuth,
+    client: OAuthClient,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fake.refresh_delay = 0.5
+    (acct,) = seed(store, fake, ("my home", -10))
+    mgr = manager(store, client)
+    with pytest.raises(RefreshFailed):
+        await mgr.access_token(acct.id, wait=0.01)
+    start = time.monotonic()
+    assert not await mgr.settle(0.05)
+    assert time.monotonic() - start < 0.4
+    assert "my home" in caplog.text
+    assert "qwen-oauth login --label 'my home'" in caplog.text
+    assert await mgr.settle(5)  # it was not cancelled: it ends and saves
+    saved = store.read().accounts[0]
+    assert fake.is_valid_access_token(secret(saved, "access_token"))
 
 
 async def test_the_waiters_of_one_failed_refresh_report_it_once(

@@ -29,7 +29,12 @@ One :class:`TokenManager` per process (the addon's, or the CLI's). Rules:
 - Concurrent callers share one refresh, but each decides for itself what its
   outcome means: a caller whose token was refused (401) never gets that token
   back, and a caller whose token still works is not failed by someone else's
-  forced refresh that failed.
+  forced refresh that failed. A forced refresh that finds one in flight joins
+  it, and starts its own only if that one did not refresh: two HTTP refreshes
+  back to back would buy nothing.
+- **Shutdown waits for refreshes in flight** (:meth:`TokenManager.settle`, a
+  bounded wait): one cut short after the server rotated the refresh token would
+  lose the new one.
 - A refresh answered 400/401 marks the account ``needs_relogin`` (with the reason),
   logs the account and the command to run, and raises :class:`NeedsRelogin`; other
   accounts are untouched. Network errors, timeouts and 5xx are transient: nothing
@@ -321,6 +326,32 @@ class TokenManager:
     async def refresh(self, account_id: str) -> Account:
         """Refresh now (for the ``refresh`` command)."""
         return await self.ensure_fresh(account_id, force=True)
+
+    async def settle(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the refreshes in flight to end.
+
+        For shutdown, before the OAuth client closes: a refresh cut short after
+        the server rotated the refresh token loses the new one, and the login
+        with it. Refreshes still running after ``timeout`` are left alone (and
+        logged). True when none is left running.
+        """
+        flights = {f.task: account_id for account_id, f in self._inflight.items()}
+        if not flights:
+            return True
+        log.info("waiting up to %g s for %d token refresh(es)", timeout, len(flights))
+        _, pending = await asyncio.wait(flights, timeout=timeout)
+        for task in pending:
+            account = self._current(flights[task])
+            label = account.label if account else flights[task]
+            log.warning(
+                "the token refresh of account %s still runs after %g s and is cut "
+                "short; if the OAuth server retired its refresh token meanwhile, "
+                "the next refresh will ask for a new login (%s)",
+                label,
+                timeout,
+                relogin_command(label),
+            )
+        return not pending
 
     # --- machinery --------------------------------------------------------------
 
