@@ -150,3 +150,34 @@ def test_a_slow_refresh_fails_over_and_keeps_the_rotated_refresh_token(
         assert set(served) - {token_of(work)}  # home served, with new tokens
         for token in fake.issued:
             assert token not in proxy.output()
+
+
+def test_shutting_down_waits_for_a_refresh_in_flight_to_save(
+    tmp_path: Path,
+    fake: FakeQwenOAuth,
+    portal: FakePortal,
+    paths: StatePaths,
+) -> None:
+    """Stopped (SIGTERM, as Ctrl-C) while a slow refresh runs: mitmdump waits for
+    it and saves the rotated refresh token before it exits. Cut short, the old
+    refresh token, which the server retired, would be all the file holds."""
+    home = oauth_account(fake, "home", expires_in=-60)
+    work = oauth_account(fake, "work")
+    write_accounts(paths, [home, work])
+    fake.refresh_delay = SLOW
+    with run_mitmdump(tmp_path, fake, portal, OPTIONS) as proxy, proxy.client() as c:
+        answer = c.responses.create(model="coder-model", input="hi")
+        assert answer.output_text == portal.text  # served by work meanwhile
+        assert fake.counts["refresh"] == 1
+        saved = accounts_file(paths.accounts).read().get(home.id)
+        assert saved is not None
+        assert saved.refresh_token == home.refresh_token  # still under way
+        proxy.process.terminate()
+        assert proxy.process.wait(timeout=SLOW + 10) == 0, proxy.output()[-3000:]
+    saved = accounts_file(paths.accounts).read().get(home.id)
+    assert saved is not None
+    assert saved.refresh_token is not None
+    assert saved.refresh_token != home.refresh_token, proxy.output()[-3000:]
+    assert saved.refresh_token.get_secret_value() in fake.issued
+    assert not saved.needs_relogin
+    assert "waiting up to 10 s for 1 token refresh" in proxy.output()

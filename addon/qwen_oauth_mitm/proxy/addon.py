@@ -72,6 +72,9 @@ from qwen_oauth_mitm.translate import (
 
 log = logging.getLogger("qwen_oauth_mitm.proxy")
 PROACTIVE_INTERVAL = 60.0
+SHUTDOWN_REFRESH_WAIT = 10.0
+"""Seconds shutdown waits for token refreshes in flight to end and save: one cut
+short after the server rotated the refresh token would cost the account its login."""
 FAILED_MARK = ":x:"
 API_PATHS = ("/v1/responses", "/v1/chat/completions")
 
@@ -189,6 +192,11 @@ class QwenAddon:
             job.cancel()
         await self.relay.stop()
         self.relay_port = None
+        if self.forwarder is not None:
+            try:
+                await self.forwarder.tokens.settle(SHUTDOWN_REFRESH_WAIT)
+            except Exception as e:  # the rest of the shutdown must happen anyway
+                log.warning("waiting for token refreshes failed: %s", e)
         if self.forwarder is not None and self._tracker is not None:
             await self.forwarder.saved()  # an older snapshot must not land last
             self._tracker.save(self.forwarder.rotation)
