@@ -402,6 +402,36 @@ def test_refresh_all_and_one(env: Env, fake: FakeQwenOAuth) -> None:
     assert "keys are not refreshed" in out(env)
 
 
+def test_refresh_outwaits_a_server_slower_than_refresh_seconds(
+    env: Env, fake: FakeQwenOAuth
+) -> None:
+    """``timeouts.refresh_seconds`` bounds how long a proxied request waits, not
+    the refresh: cut off, a refresh the server already answered with a rotated
+    refresh token would leave only the retired one in the file."""
+    env.config = env.config.model_copy(
+        update={
+            "timeouts": env.config.timeouts.model_copy(update={"refresh_seconds": 0.2})
+        }
+    )
+    live = fake.issue_tokens()
+    seed(
+        env,
+        _account(
+            "live",
+            access_token=SecretStr(live["access_token"]),
+            refresh_token=SecretStr(live["refresh_token"]),
+        ),
+    )
+    fake.refresh_delay = 0.6
+    assert cli(env, "refresh", "live") == 0, out(env)
+    assert "live: refreshed" in out(env)
+    saved = stored(env).find("live")
+    assert saved is not None
+    assert saved.refresh_token is not None
+    assert saved.refresh_token.get_secret_value() != live["refresh_token"]
+    assert saved.refresh_token.get_secret_value() in fake.issued
+
+
 # --- main: exit codes and errors ------------------------------------------------------
 
 

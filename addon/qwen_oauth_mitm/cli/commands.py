@@ -22,7 +22,7 @@ from qwen_oauth_mitm.oauth.errors import (
     relogin_command,
 )
 from qwen_oauth_mitm.oauth.protocol import check_resource_url
-from qwen_oauth_mitm.oauth.tokens import TokenManager
+from qwen_oauth_mitm.oauth.tokens import TokenManager, refresh_lock_seconds
 from qwen_oauth_mitm.rotation.status import format_duration
 
 DEFAULT_KEY_BASE_URL = "https://dashscope.aliyuncs.com/compatible-mode/v1"
@@ -110,7 +110,7 @@ async def refresh(env: Env, ref: str | None) -> int:
             client,
             refresh_window_seconds=env.config.refresh_window_seconds,
             clock=env.clock,
-            lock_timeout=env.config.timeouts.refresh_seconds + 10,
+            lock_timeout=refresh_lock_seconds(env.config.timeouts.refresh_seconds),
         )
         for account in targets:
             if account.kind != "oauth":

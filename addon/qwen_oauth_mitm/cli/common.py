@@ -15,7 +15,11 @@ from qwen_oauth_mitm.accounts import Account, AccountsFile
 from qwen_oauth_mitm.config import Config, load_config
 from qwen_oauth_mitm.errors import QwenError
 from qwen_oauth_mitm.oauth.client import OAuthClient
-from qwen_oauth_mitm.oauth.tokens import register_secrets
+from qwen_oauth_mitm.oauth.tokens import (
+    refresh_http_seconds,
+    refresh_lock_seconds,
+    register_secrets,
+)
 from qwen_oauth_mitm.paths import StatePaths, default_paths
 from qwen_oauth_mitm.store import JsonStateFile, accounts_file
 
@@ -43,9 +47,9 @@ class Env:
 
     @property
     def store(self) -> JsonStateFile[AccountsFile]:
-        # Long enough to outwait another process's refresh (it holds the lock).
         return accounts_file(
-            self.paths.accounts, lock_timeout=self.config.timeouts.refresh_seconds + 10
+            self.paths.accounts,
+            lock_timeout=refresh_lock_seconds(self.config.timeouts.refresh_seconds),
         )
 
     def read_accounts(self) -> AccountsFile:
@@ -57,7 +61,7 @@ class Env:
         return OAuthClient(
             self.config.oauth_base_url,
             self.config.client_id,
-            timeout=self.config.timeouts.refresh_seconds,
+            timeout=refresh_http_seconds(self.config.timeouts.refresh_seconds),
             user_agent=self.config.upstream_headers.user_agent,
         )
 

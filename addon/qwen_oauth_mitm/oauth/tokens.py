@@ -89,6 +89,22 @@ waits that long (callers give up after ``wait``); it only bounds how long a hung
 OAuth server keeps the account's refresh, and the file lock, busy."""
 
 
+def refresh_http_seconds(refresh_seconds: float) -> float:
+    """The HTTP timeout of a refresh, for a config's ``timeouts.refresh_seconds``.
+
+    Never shorter than :data:`REFRESH_HTTP_SECONDS`, in the proxy and in the CLI
+    alike: the refresh a short timeout cuts off may already have rotated the
+    refresh token at the server.
+    """
+    return max(refresh_seconds, REFRESH_HTTP_SECONDS)
+
+
+def refresh_lock_seconds(refresh_seconds: float) -> float:
+    """How long to wait for the accounts file's lock: long enough to outwait
+    another process's refresh, which holds it for up to its HTTP timeout."""
+    return refresh_http_seconds(refresh_seconds) + 10.0
+
+
 class UnknownAccount(QwenError):
     """No account has this id (it was removed)."""
 

@@ -42,7 +42,7 @@ from qwen_oauth_mitm import redact
 from qwen_oauth_mitm.config import Config, load_config, parse_timezone
 from qwen_oauth_mitm.errors import ConfigError
 from qwen_oauth_mitm.oauth import OAuthClient, TokenManager
-from qwen_oauth_mitm.oauth.tokens import REFRESH_HTTP_SECONDS
+from qwen_oauth_mitm.oauth.tokens import refresh_http_seconds, refresh_lock_seconds
 from qwen_oauth_mitm.paths import StatePaths, default_paths
 from qwen_oauth_mitm.proxy import options
 from qwen_oauth_mitm.proxy.bodylimit import MIB, BodyCollector, declared_length
@@ -161,7 +161,7 @@ class QwenAddon:
             cfg.client_id,
             # Requests wait only refresh_seconds for a refresh; the refresh itself
             # is not cut that early (it may have rotated the refresh token).
-            timeout=max(cfg.timeouts.refresh_seconds, REFRESH_HTTP_SECONDS),
+            timeout=refresh_http_seconds(cfg.timeouts.refresh_seconds),
             user_agent=cfg.upstream_headers.user_agent,
             trust_env=False,
         )
@@ -169,6 +169,7 @@ class QwenAddon:
             accounts_file(paths.accounts),
             self._oauth,
             refresh_window_seconds=cfg.refresh_window_seconds,
+            lock_timeout=refresh_lock_seconds(cfg.timeouts.refresh_seconds),
         )
         # Timeouts go with each request (those of the config of the moment):
         # the client never needs rebuilding when they change.
