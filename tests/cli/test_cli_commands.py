@@ -376,15 +376,21 @@ def test_import_without_expiry_refreshes_on_first_use(env: Env, home: Path) -> N
 # --- refresh in-process ---------------------------------------------------------------
 
 
+def _live(fake: FakeQwenOAuth, label: str) -> tuple[Account, str]:
+    """An account with live tokens at the fake, and its refresh token."""
+    tokens = fake.issue_tokens()
+    account = _account(
+        label,
+        access_token=SecretStr(tokens["access_token"]),
+        refresh_token=SecretStr(tokens["refresh_token"]),
+    )
+    return account, tokens["refresh_token"]
+
+
 def test_refresh_all_and_one(env: Env, fake: FakeQwenOAuth) -> None:
-    live = fake.issue_tokens()
     seed(
         env,
-        _account(
-            "live",
-            access_token=SecretStr(live["access_token"]),
-            refresh_token=SecretStr(live["refresh_token"]),
-        ),
+        _live(fake, "live")[0],
         _account("dead"),
         _account("key", "key"),
     )
@@ -413,22 +419,15 @@ def test_refresh_outwaits_a_server_slower_than_refresh_seconds(
             "timeouts": env.config.timeouts.model_copy(update={"refresh_seconds": 0.2})
         }
     )
-    live = fake.issue_tokens()
-    seed(
-        env,
-        _account(
-            "live",
-            access_token=SecretStr(live["access_token"]),
-            refresh_token=SecretStr(live["refresh_token"]),
-        ),
-    )
+    live, old_refresh = _live(fake, "live")
+    seed(env, live)
     fake.refresh_delay = 0.6
     assert cli(env, "refresh", "live") == 0, out(env)
     assert "live: refreshed" in out(env)
     saved = stored(env).find("live")
     assert saved is not None
     assert saved.refresh_token is not None
-    assert saved.refresh_token.get_secret_value() != live["refresh_token"]
+    assert saved.refresh_token.get_secret_value() != old_refresh
     assert saved.refresh_token.get_secret_value() in fake.issued
 
 
