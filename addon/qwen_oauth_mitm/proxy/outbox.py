@@ -80,10 +80,6 @@ class Outbox:
         self._first_written = False
 
     @property
-    def attached(self) -> bool:
-        return self._out is not None
-
-    @property
     def started(self) -> bool:
         return self._out is not None and self._out.started
 
