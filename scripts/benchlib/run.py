@@ -351,7 +351,7 @@ def live(workdir: Path) -> Iterator[Live]:
         yield Live(portal, plain, addon, targets, token_of(home), token_of(work))
 
 
-def rotated(items: Sequence[str], i: int) -> list[str]:
+def round_order(items: Sequence[str], i: int) -> list[str]:
     """Round ``i``'s order: shuffled, seeded by the round (reproducible).
 
     Not a rotation of one fixed order: there c' always ran right after c, on the
@@ -374,7 +374,7 @@ def bench_sequential(live: Live, scale: Scale, report: Report) -> None:
             for n in names:
                 stream_once(clients[n], live.targets[n])
         for i in range(scale.sequential):
-            for n in rotated(names, i):
+            for n in round_order(names, i):
                 results[n].append(stream_once(clients[n], live.targets[n]))
     finally:
         for c in clients.values():
@@ -435,7 +435,7 @@ def bench_events(live: Live, scale: Scale, report: Report) -> None:
     live.portal.stamped = (scale.stamped_events, scale.pace)
     try:
         for i in range(scale.stamped_rounds):
-            for n in rotated(names, i):
+            for n in round_order(names, i):
                 r = stream_once(clients[n], live.targets[n], stamps=True)
                 if len(r.stamps) != scale.stamped_events:
                     raise RuntimeError(f"{n}: {len(r.stamps)} stamped events")
@@ -500,7 +500,7 @@ def bench_parallel(live: Live, scale: Scale, report: Report) -> None:
             for n in names:  # warm every connection once
                 parallel_round(pool, clients[n], live.targets[n])
             for i in range(scale.parallel_rounds):
-                for n in rotated(names, i):
+                for n in round_order(names, i):
                     rs = parallel_round(pool, clients[n], live.targets[n])
                     start = min(r.start for r in rs)
                     totals[n].append((max(r.end for r in rs) - start) / 1e9)
@@ -568,7 +568,7 @@ def bench_memory(live: Live, scale: Scale, report: Report) -> None:
     rss: dict[str, list[int]] = {n: [p.memory()["VmRSS"]] for n, p in procs.items()}
     try:
         for i in range(scale.memory_requests):
-            for n in rotated(list(procs), i):
+            for n in round_order(list(procs), i):
                 stream_once(clients[n], live.targets[n])
             if i + 1 in (half, scale.memory_requests):
                 for n, p in procs.items():
